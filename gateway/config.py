@@ -1,0 +1,177 @@
+"""The gateway's configuration: a YAML file validated into frozen pydantic models.
+
+Validation is total and up front: ``load_config`` either returns a complete ``Config`` or
+raises ``ConfigError`` listing *every* problem as ``dotted.key.path: message``, so an
+operator fixes a file in one pass and a bad file never reaches a running gateway. Unknown
+keys are errors too (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway.policies import POLICY_NAMES
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Listen(_Model):
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class Admin(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(9090, ge=0, le=65535)
+
+
+class Route(_Model):
+    path: str
+    pool: str
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        return v
+
+
+class Queue(_Model):
+    max_size: int = Field(512, ge=0)
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class Timeouts(_Model):
+    connect_s: float = Field(2.0, gt=0)
+    request_s: float = Field(60.0, gt=0)  # deadline for the response head, all attempts together
+    per_try_s: float | None = Field(None, gt=0)  # deadline for one attempt's head; None = request_s
+
+
+class Retries(_Model):
+    attempts: int = Field(2, ge=1)  # total tries per request, the first included
+    budget_percent: float = Field(20.0, ge=0, le=100)  # retries in flight vs requests in flight
+    min_concurrent: int = Field(3, ge=0)  # retries always allowed in flight, whatever the ratio
+
+
+class Health(_Model):
+    enabled: bool = True
+    path: str = "/health"
+    interval_s: float = Field(2.0, gt=0)
+    timeout_s: float = Field(1.0, gt=0)
+    healthy_threshold: int = Field(2, ge=1)
+    unhealthy_threshold: int = Field(3, ge=1)
+
+
+class Outlier(_Model):
+    consecutive_failures: int = Field(5, ge=1)
+    base_ejection_s: float = Field(10.0, gt=0)
+    max_ejection_s: float = Field(300.0, gt=0)
+    max_ejected_percent: float = Field(50.0, ge=0, le=100)
+
+
+class Pool(_Model):
+    policy: str = "peak_ewma"
+    backends: tuple[str, ...] = ()
+    max_inflight_per_replica: int = Field(8, ge=1)
+    queue: Queue = Queue()
+    timeouts: Timeouts = Timeouts()
+    retries: Retries = Retries()
+    health: Health = Health()
+    outlier: Outlier = Outlier()
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, v: str) -> str:
+        if v not in POLICY_NAMES:
+            raise ValueError(f"unknown policy {v!r}; one of {', '.join(sorted(POLICY_NAMES))}")
+        return v
+
+    @field_validator("backends")
+    @classmethod
+    def _http_urls(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for url in v:
+            parts = urlsplit(url)
+            if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+                raise ValueError(f"{url!r} is not a base URL like http://host:port")
+        urls = tuple(url.rstrip("/") for url in v)
+        if len(set(urls)) != len(urls):
+            raise ValueError("duplicate backend URL")
+        return urls
+
+
+class Config(_Model):
+    listen: Listen = Listen()
+    admin: Admin = Admin()
+    routes: tuple[Route, ...] = Field(min_length=1)
+    pools: dict[str, Pool] = Field(min_length=1)
+    max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)  # larger request bodies get 413
+    drain_timeout_s: float = Field(30.0, ge=0)  # SIGTERM: how long in-flight requests may finish
+    log_level: str = "info"
+
+
+class ConfigError(Exception):
+    """A configuration that must not be used; ``errors`` holds one ``path: message`` each."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+_MESSAGES = {
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than_equal": "must be <= {le}",
+    "missing": "is required",
+    "extra_forbidden": "unknown key",
+    "too_short": "must not be empty",
+}
+
+
+def _describe(err: Any) -> str:
+    path = ".".join(str(p) for p in err["loc"]) or "<root>"
+    template = _MESSAGES.get(err["type"])
+    message = template.format(**err.get("ctx", {})) if template else err["msg"]
+    return f"{path}: {message.removeprefix('Value error, ')}"
+
+
+def parse_config(data: Any) -> Config:
+    """Validate already-parsed YAML; raises ConfigError with every bad key."""
+    if not isinstance(data, dict):
+        raise ConfigError(["<root>: must be a mapping"])
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_describe(e) for e in exc.errors()]) from None
+    errors = [
+        f"routes.{i}.pool: unknown pool {route.pool!r}"
+        for i, route in enumerate(config.routes)
+        if route.pool not in config.pools
+    ]
+    errors += [
+        f"pools.{name}.outlier.max_ejection_s: must be >= base_ejection_s"
+        for name, pool in config.pools.items()
+        if pool.outlier.max_ejection_s < pool.outlier.base_ejection_s
+    ]
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError([f"<file>: cannot read {path}: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"<file>: not valid YAML: {exc}"]) from None
+    return parse_config(data)

@@ -1,0 +1,67 @@
+"""Health of a replica: active-probe hysteresis and passive outlier ejection.
+
+Pure logic, no I/O: the prober (``prober.py``) and the proxy feed results in, with the
+current time as an argument. Two independent verdicts make a replica routable:
+
+* **active** (``up``): flips only after ``fall`` consecutive failed probes, or ``rise``
+  consecutive good ones (HAProxy's rise/fall), so one lost probe changes nothing;
+* **passive** (``ejected_until``): ``consecutive_failures`` failed requests in a row eject
+  the replica for ``base x n`` seconds on its n-th ejection, capped at ``max``, like Envoy's
+  outlier detection. The pool decides whether an ejection is allowed at all (the
+  max-ejected-percent cap is a property of the pool, not of one replica).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class HealthRules:
+    rise: int = 2
+    fall: int = 3
+    consecutive_failures: int = 5
+    base_ejection_s: float = 10.0
+    max_ejection_s: float = 300.0
+
+
+@dataclass(slots=True)
+class ReplicaHealth:
+    up: bool = True  # active verdict; replicas start up, passive checks cover the gap
+    streak: int = 0  # consecutive probe results that disagree with `up`
+    failures: int = 0  # consecutive failed requests
+    ejections: int = 0  # times ejected so far; lengthens the next ejection
+    ejected_until: float = 0.0
+
+    def routable(self, now: float) -> bool:
+        return self.up and now >= self.ejected_until
+
+    def ejected(self, now: float) -> bool:
+        return now < self.ejected_until
+
+    def record_probe(self, ok: bool, rules: HealthRules) -> bool:
+        """Feed one active probe result; returns True when ``up`` flipped."""
+        if ok == self.up:
+            self.streak = 0
+            return False
+        self.streak += 1
+        if self.streak < (rules.rise if ok else rules.fall):
+            return False
+        self.up, self.streak = ok, 0
+        if ok:
+            self.failures = 0
+        return True
+
+    def record_request(self, ok: bool, now: float, rules: HealthRules, may_eject: bool) -> bool:
+        """Feed one request outcome; returns True when this failure ejected the replica."""
+        if ok:
+            self.failures = 0
+            return False
+        self.failures += 1
+        if self.failures < rules.consecutive_failures or self.ejected(now) or not may_eject:
+            return False
+        self.ejections += 1
+        self.failures = 0
+        duration = min(rules.base_ejection_s * self.ejections, rules.max_ejection_s)
+        self.ejected_until = now + duration
+        return True

@@ -1,0 +1,128 @@
+"""Prometheus metrics: the one module that imports prometheus_client.
+
+Counters and histograms are fed by the ``Recorder`` calls the data plane makes; the
+gauges (in-flight, queue depth, replica health) are read straight from the pools when
+Prometheus scrapes, so keeping them costs the request path nothing. Label values stay in
+bounded sets: pool and replica names from the config or the driver, status classes, and
+fixed reason words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.pool import Pool
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+)  # fmt: skip
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+class PrometheusRecorder:
+    """A ``Recorder`` backed by a private registry (no global state)."""
+
+    def __init__(self, pools: Callable[[], Iterable[Pool]]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests", "Client requests by the replica that answered ('' if none)",
+            ["pool", "replica", "code"], registry=r,
+        )  # fmt: skip
+        self.duration = Histogram(
+            "gateway_request_duration_seconds", "Client request latency, queueing included",
+            ["pool"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_wait_s = Histogram(
+            "gateway_queue_wait_seconds", "Time requests waited for a free replica slot",
+            ["pool"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.retries = Counter(
+            "gateway_retries", "Retried attempts by the failure that caused them",
+            ["pool", "reason"], registry=r,
+        )  # fmt: skip
+        self.retries_denied = Counter(
+            "gateway_retries_denied", "Retries refused by the retry budget", ["pool"], registry=r
+        )
+        self.rejections = Counter(
+            "gateway_rejected", "Requests refused with 503 (queue full, queue timeout)",
+            ["pool", "reason"], registry=r,
+        )  # fmt: skip
+        self.ejections = Counter(
+            "gateway_ejections", "Passive outlier ejections", ["pool", "replica"], registry=r
+        )
+        self.health_changes = Counter(
+            "gateway_health_transitions", "Active health verdict changes",
+            ["pool", "replica", "to"], registry=r,
+        )  # fmt: skip
+        r.register(_PoolGauges(pools))
+        self._children: dict[tuple[str, str, int], Any] = {}
+
+    def request_done(self, pool: str, replica: str, status: int, duration_s: float) -> None:
+        key = (pool, replica, status)
+        children = self._children.get(key)
+        if children is None:  # labels() is a locked dict lookup: cache it off the hot path
+            children = (
+                self.requests.labels(pool, replica, status_class(status)),
+                self.duration.labels(pool),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(duration_s)
+
+    def retry(self, pool: str, reason: str) -> None:
+        self.retries.labels(pool, reason).inc()
+
+    def retry_denied(self, pool: str) -> None:
+        self.retries_denied.labels(pool).inc()
+
+    def queue_wait(self, pool: str, wait_s: float) -> None:
+        self.queue_wait_s.labels(pool).observe(wait_s)
+
+    def rejected(self, pool: str, reason: str) -> None:
+        self.rejections.labels(pool, reason).inc()
+
+    def ejection(self, pool: str, replica: str) -> None:
+        self.ejections.labels(pool, replica).inc()
+
+    def health_changed(self, pool: str, replica: str, up: bool) -> None:
+        self.health_changes.labels(pool, replica, "up" if up else "down").inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _PoolGauges(Collector):
+    """Scrape-time gauges read from the live pools."""
+
+    def __init__(self, pools: Callable[[], Iterable[Pool]]) -> None:
+        self.pools = pools
+
+    def collect(self) -> Iterator[Metric]:
+        inflight = GaugeMetricFamily(
+            "gateway_inflight", "Requests in flight per replica", labels=["pool", "replica"]
+        )
+        up = GaugeMetricFamily(
+            "gateway_replica_up", "Active health verdict (1 up, 0 down)", labels=["pool", "replica"]
+        )
+        ejected = GaugeMetricFamily(
+            "gateway_replica_ejected", "1 while passively ejected", labels=["pool", "replica"]
+        )
+        depth = GaugeMetricFamily("gateway_queue_depth", "Requests waiting", labels=["pool"])
+        for pool in self.pools():
+            now = pool.clock()
+            depth.add_metric([pool.name], pool.queued)
+            for r in pool.replicas.values():
+                inflight.add_metric([pool.name, r.id], r.inflight)
+                up.add_metric([pool.name, r.id], float(r.health.up))
+                ejected.add_metric([pool.name, r.id], float(r.health.ejected(now)))
+        yield from (inflight, up, ejected, depth)

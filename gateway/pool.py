@@ -1,0 +1,219 @@
+"""The pool: a named set of replicas, the slots on them, and the queue for those slots.
+
+This is where the data plane and the control plane meet. Requests ``acquire`` a replica
+(waiting in a bounded FIFO queue when every eligible replica is at its slot cap) and
+``release`` it with the outcome; discovery swaps in whole replica snapshots; the prober
+and the proxy's outcomes feed each replica's health.
+
+Invariants:
+* a replica's ``inflight`` never exceeds ``max_inflight`` (the cap is hard: above it,
+  requests wait here, not inside the replica);
+* a freed slot goes straight to the oldest waiter that may use it (FIFO, no herd);
+* the policy only ever sees eligible replicas: routable, not draining, below the cap;
+  when no replica is routable at all the pool fails open and treats every non-draining
+  replica as routable, since refusing everything is worse than trying a suspect replica;
+* passive ejection never takes more than ``max_ejected_percent`` of the replicas out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from gateway import config
+from gateway.health import HealthRules
+from gateway.policies import Policy
+from gateway.recorder import NULL_RECORDER, Recorder
+from gateway.replica import Replica
+from gateway.retry import RetryBudget
+
+log = logging.getLogger(__name__)
+
+
+class NoCapacity(Exception):
+    """No slot could be had; the client gets 503 with ``Retry-After``."""
+
+    def __init__(self, reason: str, retry_after_s: int) -> None:
+        super().__init__(reason)
+        self.reason = reason  # "queue_full" | "queue_timeout" | "no_replica"
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    future: asyncio.Future[Replica]
+    exclude: frozenset[str]
+    since: float = field(default=0.0)
+
+
+class Pool:
+    def __init__(
+        self,
+        name: str,
+        settings: config.Pool,
+        policy: Policy,
+        clock: Callable[[], float],
+        recorder: Recorder = NULL_RECORDER,
+    ) -> None:
+        self.name = name
+        self.policy = policy
+        self.clock = clock
+        self.recorder = recorder
+        self.replicas: dict[str, Replica] = {}
+        self.retry_budget = RetryBudget()
+        self._waiters: deque[_Waiter] = deque()
+        self.apply(settings)
+
+    def apply(self, settings: config.Pool) -> None:
+        """Take new limits; replicas, in-flight requests and the queue are kept."""
+        self.settings = settings
+        self.max_inflight = settings.max_inflight_per_replica
+        self.rules = HealthRules(
+            rise=settings.health.healthy_threshold,
+            fall=settings.health.unhealthy_threshold,
+            consecutive_failures=settings.outlier.consecutive_failures,
+            base_ejection_s=settings.outlier.base_ejection_s,
+            max_ejection_s=settings.outlier.max_ejection_s,
+        )
+        self.retry_budget.percent = settings.retries.budget_percent
+        self.retry_budget.min_concurrent = settings.retries.min_concurrent
+        self._dispatch()
+
+    # -- membership -------------------------------------------------------------------
+
+    def set_replicas(self, snapshot: Iterable[Replica]) -> None:
+        """Swap in a whole snapshot; replicas already known keep their state."""
+        wanted = {r.id: r for r in snapshot}
+        if wanted.keys() == self.replicas.keys():
+            return
+        for rid in [rid for rid in self.replicas if rid not in wanted]:
+            gone = self.replicas.pop(rid)
+            gone.draining = True  # its in-flight requests finish; nothing new reaches it
+            self.policy.forget(rid)
+        for rid, replica in wanted.items():
+            self.replicas.setdefault(rid, replica)
+        self._dispatch()
+
+    # -- load figures (read by metrics and, later, the autoscaler) ----------------------
+
+    @property
+    def inflight(self) -> int:
+        return sum(r.inflight for r in self.replicas.values())
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    # -- the request path ---------------------------------------------------------------
+
+    def has_alternative(self, exclude: frozenset[str]) -> bool:
+        """Is there a non-draining replica outside ``exclude`` (busy or not)?"""
+        return any(not r.draining and r.id not in exclude for r in self.replicas.values())
+
+    async def acquire(self, exclude: frozenset[str] = frozenset()) -> Replica:
+        """A replica with a slot reserved for the caller, who must ``release`` it."""
+        replica = self._pick(exclude)
+        if replica is not None:
+            self._start(replica)
+            return replica
+        if exclude and not self.has_alternative(exclude):
+            raise NoCapacity("no_replica", 1)
+        if len(self._waiters) >= self.settings.queue.max_size:
+            raise NoCapacity("queue_full", self._retry_after())
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop.create_future(), exclude, self.clock())
+        self._waiters.append(waiter)
+        timer = loop.call_later(self.settings.queue.timeout_s, self._expire, waiter)
+        try:
+            replica = await waiter.future
+        except asyncio.CancelledError:
+            self._withdraw(waiter)
+            raise
+        finally:
+            timer.cancel()
+        self.recorder.queue_wait(self.name, self.clock() - waiter.since)
+        return replica
+
+    def release(self, replica: Replica, latency_s: float, status: int | None) -> None:
+        """Return a slot with the attempt's outcome (``status`` None: no response at all)."""
+        replica.inflight -= 1
+        failed = status is None or status >= 500
+        self.policy.on_end(replica, latency_s, not failed and status != 429)
+        now = self.clock()
+        if replica.health.record_request(not failed, now, self.rules, self._may_eject(now)):
+            self.recorder.ejection(self.name, replica.id)
+            until = replica.health.ejected_until - now
+            log.info("pool %s: ejected replica %s for %.0f s", self.name, replica.id, until)
+        self._dispatch()
+
+    def abandon(self, replica: Replica) -> None:
+        """Return a slot whose attempt produced no outcome worth learning from."""
+        replica.inflight -= 1
+        self._dispatch()
+
+    def record_probe(self, replica: Replica, ok: bool) -> None:
+        if replica.health.record_probe(ok, self.rules):
+            self.recorder.health_changed(self.name, replica.id, replica.health.up)
+            state = "up" if replica.health.up else "down"
+            log.info("pool %s: replica %s is %s", self.name, replica.id, state)
+            self._dispatch()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _pick(self, exclude: frozenset[str]) -> Replica | None:
+        now = self.clock()
+        live = [r for r in self.replicas.values() if not r.draining]
+        routable = [r for r in live if r.health.routable(now)] or live  # fail open
+        cap = self.max_inflight
+        candidates = [r for r in routable if r.inflight < cap and r.id not in exclude]
+        return self.policy.pick(candidates) if candidates else None
+
+    def _start(self, replica: Replica) -> None:
+        replica.inflight += 1
+        self.policy.on_start(replica)
+
+    def _may_eject(self, now: float) -> bool:
+        ejected = sum(1 for r in self.replicas.values() if r.health.ejected(now))
+        limit = math.floor(len(self.replicas) * self.settings.outlier.max_ejected_percent / 100)
+        return ejected + 1 <= limit
+
+    def _dispatch(self) -> None:
+        """Hand free slots to waiters, oldest first; a waiter that excludes every free
+        replica (a retry) does not block the ones behind it."""
+        while self._waiters:
+            for waiter in self._waiters:
+                replica = self._pick(waiter.exclude)
+                if replica is not None:
+                    break
+                if not waiter.exclude:
+                    return  # no free slot for anyone
+            else:
+                return
+            self._waiters.remove(waiter)
+            self._start(replica)
+            waiter.future.set_result(replica)
+
+    def _expire(self, waiter: _Waiter) -> None:
+        if not waiter.future.done():
+            self._waiters.remove(waiter)
+            waiter.future.set_exception(NoCapacity("queue_timeout", self._retry_after()))
+
+    def _withdraw(self, waiter: _Waiter) -> None:
+        """The caller went away; give back whatever it was holding or waiting for."""
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+        elif (
+            waiter.future.done()
+            and not waiter.future.cancelled()
+            and waiter.future.exception() is None
+        ):
+            self.abandon(waiter.future.result())
+
+    def _retry_after(self) -> int:
+        """A hint that grows with the backlog: one second per full round of slots queued."""
+        slots = max(1, len(self.replicas) * self.max_inflight)
+        return max(1, math.ceil(len(self._waiters) / slots))

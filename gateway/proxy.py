@@ -1,0 +1,283 @@
+"""The proxy: one client request in, attempts on replicas, one response out.
+
+Per request: match the route, read the body (bounded; kept so a retry can resend it),
+then up to ``retries.attempts`` attempts, each on a replica the pool hands out and never
+on one already tried. An attempt is retried only while nothing has reached the client:
+on no connection, a reset, a timeout before the response head, or a 502/503/504 from the
+replica, and only inside the pool's retry budget. Once the response head arrives the body
+is streamed through as it is produced (SSE, chunked), and the replica's slot is held until
+the last byte, since the model is busy until then.
+
+Deadlines: ``timeouts.request_s`` bounds the wait for a response head over all attempts
+(504 when it passes); ``timeouts.per_try_s`` bounds one attempt, so a hung replica can be
+abandoned for another while time remains; while a body streams, ``request_s`` is the
+longest silence allowed between two chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from gateway.pool import NoCapacity, Pool
+from gateway.recorder import NULL_RECORDER, Recorder
+from gateway.replica import Replica
+from gateway.retry import RETRYABLE_STATUS
+
+# RFC 9110 7.6.1: meaningful for one connection only, never forwarded. Content-Length
+# is recomputed by the side that writes the body.
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Connection",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Content-Length",
+    )
+)
+BUFFER_LIMIT = 64 * 1024  # responses up to this size with a known length go out in one write
+
+
+def json_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps({"error": message, "status": status}),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _forwardable(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    named = {h.strip().lower() for h in headers.get("Connection", "").split(",")}
+    return CIMultiDict(
+        (k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in named
+    )
+
+
+class _Failed(Exception):
+    """An attempt that produced no response: the client would get ``status``."""
+
+    def __init__(self, status: int, reason: str, replica: Replica | None = None) -> None:
+        self.status, self.reason, self.replica = status, reason, replica
+
+
+@dataclass(slots=True)
+class _Answer:
+    replica: Replica
+    response: aiohttp.ClientResponse
+    ttfb_s: float  # time to the response head: what the policies learn from
+
+
+class Router:
+    """Longest path prefix wins; a prefix matches whole segments only."""
+
+    def __init__(self, routes: list[tuple[str, Pool]]) -> None:
+        self._routes = sorted(routes, key=lambda pr: len(pr[0]), reverse=True)
+
+    def match(self, path: str) -> Pool | None:
+        for prefix, pool in self._routes:
+            base = prefix.rstrip("/")
+            if path == prefix or path.startswith(base + "/") or not base:
+                return pool
+        return None
+
+
+class Proxy:
+    def __init__(
+        self,
+        router: Router,
+        session: aiohttp.ClientSession,
+        recorder: Recorder = NULL_RECORDER,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.router = router
+        self.session = session
+        self.recorder = recorder
+        self.clock = clock
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        pool = self.router.match(request.path)
+        if pool is None:
+            return json_error(404, f"no route for {request.path}")
+        try:
+            body = await request.read()  # kept whole so that a retry can resend it
+        except web.HTTPRequestEntityTooLarge as exc:
+            return json_error(413, exc.text or "request body too large")
+        request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        headers = _forwardable(request.headers)
+        peer = request.remote or ""
+        forwarded_for = request.headers.get("X-Forwarded-For")
+        headers["X-Forwarded-For"] = f"{forwarded_for}, {peer}" if forwarded_for else peer
+        headers["X-Forwarded-Proto"] = request.scheme
+        headers["X-Request-ID"] = request_id
+
+        started = self.clock()
+        budget = pool.retry_budget
+        budget.active += 1
+        try:
+            return await self._forward(request, pool, body, headers, request_id, started)
+        finally:
+            budget.active -= 1
+
+    async def _forward(
+        self,
+        request: web.Request,
+        pool: Pool,
+        body: bytes,
+        headers: CIMultiDict[str],
+        request_id: str,
+        started: float,
+    ) -> web.StreamResponse:
+        timeouts = pool.settings.timeouts
+        deadline = started + timeouts.request_s
+        per_try = timeouts.per_try_s or timeouts.request_s
+        attempts = pool.settings.retries.attempts
+        budget = pool.retry_budget
+        tried: frozenset[str] = frozenset()
+        failure = _Failed(503, "no attempt")
+        for attempt in range(attempts):
+            retry = attempt > 0
+            if retry:
+                if not pool.has_alternative(tried):
+                    break
+                if not budget.try_start_retry():
+                    self.recorder.retry_denied(pool.name)
+                    break
+                self.recorder.retry(pool.name, failure.reason)
+            try:
+                answer = await self._attempt(request, pool, tried, headers, body, deadline, per_try)
+            except NoCapacity as exc:
+                if retry:
+                    break
+                self.recorder.rejected(pool.name, exc.reason)
+                retry_after = {"Retry-After": str(exc.retry_after_s)}
+                error = json_error(503, f"no capacity: {exc.reason}", retry_after)
+                return self._finish(pool, "", started, error)
+            except _Failed as exc:
+                failure = exc
+                if exc.replica is None:
+                    break  # the deadline passed before any replica could be had
+                tried |= {exc.replica.id}
+                continue
+            finally:
+                if retry:
+                    budget.end_retry()
+            tried |= {answer.replica.id}
+            status = answer.response.status
+            if (
+                status in RETRYABLE_STATUS
+                and attempt + 1 < attempts
+                and pool.has_alternative(tried)
+                and budget.allows_retry()
+            ):
+                failure = _Failed(status, f"status_{status}")
+                answer.response.release()
+                pool.release(answer.replica, answer.ttfb_s, status)
+                continue
+            return await self._relay(request, pool, answer, request_id, started)
+        error = json_error(failure.status, f"upstream failed: {failure.reason}")
+        return self._finish(pool, "", started, error)
+
+    async def _attempt(
+        self,
+        request: web.Request,
+        pool: Pool,
+        tried: frozenset[str],
+        headers: CIMultiDict[str],
+        body: bytes,
+        deadline: float,
+        per_try_s: float,
+    ) -> _Answer:
+        """Get a slot and the response head from one replica. On success the caller owns
+        both; on failure (``_Failed``) the slot is already given back."""
+        try:
+            async with asyncio.timeout(deadline - self.clock()):
+                replica = await pool.acquire(tried)
+        except TimeoutError:
+            raise _Failed(504, "deadline") from None
+        timeouts = pool.settings.timeouts
+        t0 = self.clock()
+        try:
+            async with asyncio.timeout(min(per_try_s, deadline - t0)):
+                response = await self.session.request(
+                    request.method,
+                    URL(replica.url + request.raw_path, encoded=True),  # byte-exact
+                    headers=headers,
+                    data=body or None,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(
+                        connect=timeouts.connect_s, sock_read=timeouts.request_s
+                    ),
+                )
+        except TimeoutError:
+            pool.release(replica, self.clock() - t0, None)
+            raise _Failed(504, "timeout", replica) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            pool.release(replica, self.clock() - t0, None)
+            reason = "connect" if isinstance(exc, aiohttp.ClientConnectorError) else "reset"
+            raise _Failed(502, reason, replica) from None
+        except BaseException:
+            pool.abandon(replica)
+            raise
+        return _Answer(replica, response, self.clock() - t0)
+
+    async def _relay(
+        self, request: web.Request, pool: Pool, answer: _Answer, request_id: str, started: float
+    ) -> web.StreamResponse:
+        """Pass the response through; nothing after this point may retry. The slot is
+        held to the last byte and then released with the replica's outcome: a broken
+        upstream stream counts against the replica, a client that went away does not."""
+        upstream, replica = answer.response, answer.replica
+        outcome: int | None = upstream.status
+        try:
+            headers = _forwardable(upstream.headers)
+            headers["X-Request-ID"] = request_id
+            length = upstream.content_length
+            if length is not None and length <= BUFFER_LIMIT:
+                try:
+                    data = await upstream.read()
+                except (aiohttp.ClientError, TimeoutError):
+                    outcome = None
+                    error = json_error(502, "upstream failed: broken response")
+                    return self._finish(pool, replica.id, started, error)
+                response = web.Response(status=upstream.status, body=data, headers=headers)
+                return self._finish(pool, replica.id, started, response)
+            stream = web.StreamResponse(status=upstream.status, headers=headers)
+            if length is not None:
+                stream.content_length = length
+            await stream.prepare(request)
+            while True:
+                try:
+                    chunk = await upstream.content.readany()
+                except (aiohttp.ClientError, TimeoutError):
+                    outcome = None
+                    raise  # the client sees a cut-off body, never a clean end
+                if not chunk:
+                    break
+                await stream.write(chunk)
+            await stream.write_eof()
+            return self._finish(pool, replica.id, started, stream)
+        finally:
+            upstream.release()
+            pool.release(replica, answer.ttfb_s, outcome)
+
+    def _finish(
+        self, pool: Pool, replica_id: str, started: float, response: web.StreamResponse
+    ) -> web.StreamResponse:
+        self.recorder.request_done(pool.name, replica_id, response.status, self.clock() - started)
+        return response

@@ -1,0 +1,24 @@
+"""The replica: one upstream model-server instance as the data plane sees it.
+
+A replica is plain state. The pool owns the set of replicas and is the only writer of
+``inflight`` and ``draining``; health tracking lives in ``health.ReplicaHealth`` and routing
+state lives inside each policy, keyed by replica id, so a replica carries no behaviour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.health import ReplicaHealth
+
+
+@dataclass(eq=False, slots=True)
+class Replica:
+    id: str
+    url: str  # base URL without a trailing slash, e.g. "http://127.0.0.1:9001"
+    inflight: int = 0
+    draining: bool = False
+    health: ReplicaHealth = field(default_factory=ReplicaHealth)
+
+    def __repr__(self) -> str:
+        return f"Replica({self.id!r}, inflight={self.inflight})"

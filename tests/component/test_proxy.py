@@ -1,0 +1,165 @@
+"""The request path over real sockets: fidelity, streaming, limits, errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from aiohttp import web
+
+from tests.component.conftest import ok_handler, pool_config
+
+
+async def echo(request: web.Request) -> web.Response:
+    return web.json_response(
+        {
+            "method": request.method,
+            "path": request.path,
+            "raw_path": request.raw_path,
+            "headers": {k.lower(): v for k, v in request.headers.items()},
+            "body": (await request.read()).hex(),
+        },
+        headers={"X-Backend": "echo", "Set-Cookie": "a=1"},
+    )
+
+
+async def test_request_and_response_pass_through_intact(backend, gateway, client) -> None:
+    b = await backend(echo)
+    gw = await gateway(pool_config([b.url]))
+    body = bytes(range(256)) * 4
+    async with client.put(
+        f"{gw.url}/v1/models/m:predict?q=a%20b&x=1&x=2",
+        data=body,
+        headers={
+            "X-Custom": "yes",
+            "Connection": "keep-alive, X-Secret",
+            "X-Secret": "hop-by-hop via Connection",
+            "Keep-Alive": "timeout=5",
+            "Content-Type": "application/octet-stream",
+        },
+    ) as resp:
+        assert resp.status == 200
+        seen = await resp.json()
+        assert resp.headers["X-Backend"] == "echo"
+        assert resp.headers["Set-Cookie"] == "a=1"
+        request_id = resp.headers["X-Request-ID"]
+    assert seen["method"] == "PUT"
+    assert seen["path"] == "/v1/models/m:predict"
+    assert seen["raw_path"] == "/v1/models/m:predict?q=a%20b&x=1&x=2"
+    assert bytes.fromhex(seen["body"]) == body
+    headers = seen["headers"]
+    assert headers["x-custom"] == "yes"
+    assert headers["content-type"] == "application/octet-stream"
+    assert "x-secret" not in headers and "keep-alive" not in headers
+    assert headers["x-forwarded-for"] == "127.0.0.1"
+    assert headers["x-forwarded-proto"] == "http"
+    assert headers["x-request-id"] == request_id and len(request_id) == 32
+
+
+async def test_client_request_id_and_forwarded_for_are_kept(backend, gateway, client) -> None:
+    b = await backend(echo)
+    gw = await gateway(pool_config([b.url]))
+    sent = {"X-Request-ID": "abc-123", "X-Forwarded-For": "10.0.0.7"}
+    async with client.get(f"{gw.url}/x", headers=sent) as resp:
+        seen = (await resp.json())["headers"]
+        assert resp.headers["X-Request-ID"] == "abc-123"
+    assert seen["x-request-id"] == "abc-123"
+    assert seen["x-forwarded-for"] == "10.0.0.7, 127.0.0.1"
+
+
+async def test_sse_events_reach_the_client_as_they_are_produced(backend, gateway, client) -> None:
+    release_last = asyncio.Event()
+
+    async def sse(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b"data: first\n\n")
+        await release_last.wait()  # the last event exists only after the client saw the first
+        await resp.write(b"data: last\n\n")
+        await resp.write_eof()
+        return resp
+
+    b = await backend(sse)
+    gw = await gateway(pool_config([b.url]))
+    async with client.post(f"{gw.url}/predict") as resp:
+        assert resp.headers["Content-Type"] == "text/event-stream"
+        first = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 5)
+        assert first == b"data: first\n\n"
+        release_last.set()
+        assert await resp.content.read() == b"data: last\n\n"
+
+
+async def test_large_response_with_known_length_streams_through(backend, gateway, client) -> None:
+    payload = bytes(range(256)) * 4096  # 1 MiB: above the one-write buffer limit
+
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=payload)
+
+    b = await backend(big)
+    gw = await gateway(pool_config([b.url]))
+    async with client.get(f"{gw.url}/big") as resp:
+        assert resp.headers["Content-Length"] == str(len(payload))
+        assert await resp.read() == payload
+
+
+async def test_oversized_body_gets_413_and_the_gateway_keeps_serving(
+    backend, gateway, client
+) -> None:
+    b = await backend(ok_handler)
+    gw = await gateway({**pool_config([b.url]), "max_body_bytes": 1024})
+    async with client.post(f"{gw.url}/predict", data=b"x" * 2048) as resp:
+        assert resp.status == 413
+        assert (await resp.json())["status"] == 413
+    async with client.post(f"{gw.url}/predict", data=b"x" * 1024) as resp:
+        assert resp.status == 200
+    assert b.hits == 1
+
+
+async def test_unrouted_path_gets_404(backend, gateway, client) -> None:
+    b = await backend(ok_handler)
+    config = pool_config([b.url])
+    config["routes"] = [{"path": "/predict", "pool": "default"}]
+    gw = await gateway(config)
+    async with client.post(f"{gw.url}/predictions") as resp:
+        assert resp.status == 404
+    async with client.post(f"{gw.url}/predict/v2") as resp:
+        assert resp.status == 200
+
+
+async def test_malformed_http_gets_400_and_does_not_disturb_others(
+    backend, gateway, client
+) -> None:
+    gate = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        await gate.wait()
+        return web.json_response({"ok": True})
+
+    b = await backend(slow)
+    gw = await gateway(pool_config([b.url]))
+    in_flight = asyncio.create_task(client.post(f"{gw.url}/predict", data=b"{}"))
+    await asyncio.sleep(0.05)
+    for garbage in (b"NOT HTTP AT ALL\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(garbage)
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+        assert status_line.split()[1].startswith(b"4"), status_line
+        writer.close()
+    gate.set()
+    resp = await in_flight
+    assert resp.status == 200
+    resp.release()
+
+
+async def test_gateway_errors_are_json(backend, gateway, client) -> None:
+    gw = await gateway(pool_config(["http://127.0.0.1:1"], retries={"attempts": 1}))
+    async with client.post(f"{gw.url}/predict") as resp:
+        assert resp.status == 502
+        assert orjson.loads(await resp.read())["status"] == 502
+
+
+async def test_healthz(gateway, client) -> None:
+    gw = await gateway(pool_config(["http://127.0.0.1:1"]))
+    async with client.get(f"{gw.url}/healthz") as resp:
+        assert resp.status == 200

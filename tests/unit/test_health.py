@@ -1,0 +1,90 @@
+"""Health state as tables: rise/fall hysteresis and outlier ejection."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.health import HealthRules, ReplicaHealth
+
+RULES = HealthRules(rise=2, fall=3, consecutive_failures=3, base_ejection_s=10, max_ejection_s=25)
+
+
+@pytest.mark.parametrize(
+    ("probes", "expected_up"),
+    [
+        ("", True),  # replicas start up
+        ("F", True),  # one lost probe changes nothing
+        ("FF", True),
+        ("FFF", False),  # fall = 3
+        ("FFTFF", True),  # a good probe resets the streak
+        ("FFFT", False),  # rise = 2
+        ("FFFTT", True),
+        ("FFFTFT", False),
+        ("FFFTTF", True),
+    ],
+)
+def test_rise_and_fall(probes: str, expected_up: bool) -> None:
+    h = ReplicaHealth()
+    for p in probes:
+        h.record_probe(p == "T", RULES)
+    assert h.up is expected_up
+    assert h.routable(0.0) is expected_up
+
+
+def test_flip_is_reported_once() -> None:
+    h = ReplicaHealth()
+    flips = [h.record_probe(False, RULES) for _ in range(5)]
+    assert flips == [False, False, True, False, False]
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "ejected"),
+    [
+        ("FF", False),
+        ("FFF", True),  # consecutive_failures = 3
+        ("FFTFF", False),  # a success resets the count
+        ("FFTFFF", True),
+    ],
+)
+def test_consecutive_failures_eject(outcomes: str, ejected: bool) -> None:
+    h = ReplicaHealth()
+    for o in outcomes:
+        h.record_request(o == "T", 0.0, RULES, may_eject=True)
+    assert h.ejected(0.0) is ejected
+    assert h.routable(0.0) is not ejected
+
+
+def test_ejection_grows_with_repeats_and_is_capped() -> None:
+    h = ReplicaHealth()
+    now = 0.0
+    durations = []
+    for _ in range(4):
+        for _ in range(3):
+            h.record_request(False, now, RULES, may_eject=True)
+        durations.append(h.ejected_until - now)
+        now = h.ejected_until  # back in rotation, fails again
+    assert durations == [10, 20, 25, 25]
+
+
+def test_ejection_ends_by_itself() -> None:
+    h = ReplicaHealth()
+    for _ in range(3):
+        h.record_request(False, 100.0, RULES, may_eject=True)
+    assert not h.routable(109.9)
+    assert h.routable(110.0)
+
+
+def test_no_ejection_when_the_pool_forbids_it() -> None:
+    h = ReplicaHealth()
+    for _ in range(10):
+        assert not h.record_request(False, 0.0, RULES, may_eject=False)
+    assert h.routable(0.0)
+
+
+def test_failures_while_ejected_do_not_extend_the_ejection() -> None:
+    h = ReplicaHealth()
+    for _ in range(3):
+        h.record_request(False, 0.0, RULES, may_eject=True)
+    for _ in range(6):
+        assert not h.record_request(False, 5.0, RULES, may_eject=True)
+    assert h.ejected_until == 10.0

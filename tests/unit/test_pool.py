@@ -1,0 +1,160 @@
+"""The pool's slots, queue, eligibility and ejection cap, with a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from gateway import config
+from gateway.pool import NoCapacity, Pool
+from gateway.replica import Replica
+
+
+class FirstPolicy:
+    """Picks the first candidate: makes the pool's own choices visible."""
+
+    def pick(self, candidates: Sequence[Replica]) -> Replica | None:
+        return candidates[0] if candidates else None
+
+    def on_start(self, replica: Replica) -> None:
+        pass
+
+    def on_end(self, replica: Replica, latency_s: float, ok: bool) -> None:
+        pass
+
+    def forget(self, replica_id: str) -> None:
+        pass
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_pool(n: int, **settings: object) -> tuple[Pool, list[Replica], Clock]:
+    clock = Clock()
+    pool = Pool("p", config.Pool.model_validate(settings), FirstPolicy(), clock)
+    replicas = [Replica(id=f"r{i}", url=f"http://r{i}") for i in range(n)]
+    pool.set_replicas(replicas)
+    return pool, replicas, clock
+
+
+async def test_slots_are_capped_and_freed_slots_go_to_the_oldest_waiter() -> None:
+    pool, (r0,), _ = make_pool(1, max_inflight_per_replica=2)
+    assert await pool.acquire() is r0 and await pool.acquire() is r0
+    assert r0.inflight == 2
+    first = asyncio.ensure_future(pool.acquire())
+    second = asyncio.ensure_future(pool.acquire())
+    await asyncio.sleep(0)
+    assert pool.queued == 2 and not first.done()
+    pool.release(r0, 0.01, 200)
+    await asyncio.sleep(0)
+    assert first.done() and not second.done()
+    assert r0.inflight == 2  # the slot moved straight to the waiter
+    pool.release(r0, 0.01, 200)
+    assert await second is r0
+
+
+async def test_a_full_queue_refuses() -> None:
+    pool, _, _ = make_pool(1, max_inflight_per_replica=1, queue={"max_size": 1})
+    await pool.acquire()
+    waiting = asyncio.ensure_future(pool.acquire())
+    await asyncio.sleep(0)
+    with pytest.raises(NoCapacity) as refused:
+        await pool.acquire()
+    assert refused.value.reason == "queue_full" and refused.value.retry_after_s >= 1
+    waiting.cancel()
+
+
+async def test_queue_timeout() -> None:
+    pool, _, _ = make_pool(1, max_inflight_per_replica=1, queue={"timeout_s": 0.05})
+    await pool.acquire()
+    with pytest.raises(NoCapacity) as refused:
+        await pool.acquire()
+    assert refused.value.reason == "queue_timeout"
+    assert pool.queued == 0
+
+
+async def test_a_cancelled_waiter_leaves_the_queue() -> None:
+    pool, (r0,), _ = make_pool(1, max_inflight_per_replica=1)
+    await pool.acquire()
+    waiting = asyncio.ensure_future(pool.acquire())
+    await asyncio.sleep(0)
+    waiting.cancel()
+    await asyncio.sleep(0)
+    assert pool.queued == 0
+    pool.release(r0, 0.01, 200)
+    assert r0.inflight == 0
+
+
+async def test_a_retry_waiting_for_another_replica_does_not_block_the_queue() -> None:
+    pool, (r0, r1), _ = make_pool(2, max_inflight_per_replica=1)
+    assert await pool.acquire() is r0
+    assert await pool.acquire() is r1
+    retry = asyncio.ensure_future(pool.acquire(frozenset({"r0"})))
+    fresh = asyncio.ensure_future(pool.acquire())
+    await asyncio.sleep(0)
+    pool.release(r0, 0.01, 503)  # r0 is free, but the retry must not go back to it
+    await asyncio.sleep(0)
+    assert fresh.done() and fresh.result() is r0 and not retry.done()
+    pool.release(r1, 0.01, 200)
+    assert await retry is r1
+
+
+async def test_retry_with_no_other_replica_fails_fast() -> None:
+    pool, _, _ = make_pool(1)
+    with pytest.raises(NoCapacity) as refused:
+        await pool.acquire(frozenset({"r0"}))
+    assert refused.value.reason == "no_replica"
+
+
+async def test_unhealthy_and_draining_replicas_are_not_picked() -> None:
+    pool, (r0, r1, r2), _ = make_pool(3, health={"unhealthy_threshold": 1})
+    pool.record_probe(r0, False)
+    r1.draining = True
+    assert await pool.acquire() is r2
+
+
+async def test_fail_open_when_nothing_is_healthy() -> None:
+    pool, replicas, _ = make_pool(2, health={"unhealthy_threshold": 1})
+    for r in replicas:
+        pool.record_probe(r, False)
+    assert await pool.acquire() in replicas
+
+
+@pytest.mark.parametrize(
+    ("n", "percent", "most"), [(4, 50, 2), (3, 50, 1), (2, 100, 2), (1, 50, 0)]
+)
+async def test_ejection_never_exceeds_the_cap(n: int, percent: int, most: int) -> None:
+    outlier = {"consecutive_failures": 1, "max_ejected_percent": percent}
+    pool, replicas, clock = make_pool(n, outlier=outlier)
+    for r in replicas:
+        r.inflight += 1
+        pool.release(r, 0.01, 500)
+    assert sum(r.health.ejected(clock.now) for r in replicas) == most
+
+
+async def test_an_ejected_replica_returns_after_its_ejection() -> None:
+    outlier = {"consecutive_failures": 2, "base_ejection_s": 10}
+    pool, (r0, r1), clock = make_pool(2, outlier=outlier)
+    for _ in range(2):
+        r0.inflight += 1
+        pool.release(r0, 0.01, None)
+    assert await pool.acquire() is r1
+    clock.now = 10.0
+    assert await pool.acquire() is r0
+
+
+async def test_snapshots_keep_known_replicas_and_drain_removed_ones() -> None:
+    pool, (r0, r1), _ = make_pool(2)
+    await pool.acquire()  # r0 busy
+    pool.set_replicas([Replica(id="r1", url="http://new"), Replica(id="r2", url="http://r2")])
+    assert pool.replicas["r1"] is r1  # state kept, not replaced
+    assert r0.draining and "r0" not in pool.replicas
+    pool.release(r0, 0.01, 200)  # its in-flight request still finishes
+    assert r0.inflight == 0
