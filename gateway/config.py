@@ -57,8 +57,8 @@ class Timeouts(_Model):
 
 class Retries(_Model):
     attempts: int = Field(2, ge=1)  # total tries per request, the first included
-    budget_percent: float = Field(20.0, ge=0, le=100)  # retries in flight vs requests in flight
-    min_concurrent: int = Field(3, ge=0)  # retries always allowed in flight, whatever the ratio
+    budget_percent: float = Field(20.0, ge=0, le=100)  # retries vs requests, over 10 s
+    min_retries_per_s: float = Field(10.0, ge=0)  # allowed on top of the ratio
 
 
 class Health(_Model):

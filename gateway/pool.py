@@ -64,7 +64,7 @@ class Pool:
         self.clock = clock
         self.recorder = recorder
         self.replicas: dict[str, Replica] = {}
-        self.retry_budget = RetryBudget()
+        self.retry_budget = RetryBudget(clock)
         self._waiters: deque[_Waiter] = deque()
         self.apply(settings)
 
@@ -80,7 +80,7 @@ class Pool:
             max_ejection_s=settings.outlier.max_ejection_s,
         )
         self.retry_budget.percent = settings.retries.budget_percent
-        self.retry_budget.min_concurrent = settings.retries.min_concurrent
+        self.retry_budget.min_per_s = settings.retries.min_retries_per_s
         self._dispatch()
 
     # -- membership -------------------------------------------------------------------

@@ -126,13 +126,8 @@ class Proxy:
         headers["X-Forwarded-Proto"] = request.scheme
         headers["X-Request-ID"] = request_id
 
-        started = self.clock()
-        budget = pool.retry_budget
-        budget.active += 1
-        try:
-            return await self._forward(request, pool, body, headers, request_id, started)
-        finally:
-            budget.active -= 1
+        pool.retry_budget.record_request()
+        return await self._forward(request, pool, body, headers, request_id, self.clock())
 
     async def _forward(
         self,
@@ -155,7 +150,7 @@ class Proxy:
             if retry:
                 if not pool.has_alternative(tried):
                     break
-                if not budget.try_start_retry():
+                if not budget.try_retry():
                     self.recorder.retry_denied(pool.name)
                     break
                 self.recorder.retry(pool.name, failure.reason)
@@ -174,9 +169,6 @@ class Proxy:
                     break  # the deadline passed before any replica could be had
                 tried |= {exc.replica.id}
                 continue
-            finally:
-                if retry:
-                    budget.end_retry()
             tried |= {answer.replica.id}
             status = answer.response.status
             if (

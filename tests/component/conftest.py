@@ -105,3 +105,14 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
 
 async def ok_handler(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
+
+
+async def crash(b: Backend) -> None:
+    """Kill a backend abruptly: close its listener and reset every open connection."""
+    assert b.runner is not None and b.runner.server is not None
+    connections = list(b.runner.server.connections)
+    for site in list(b.runner.sites):
+        await site.stop()
+    for handler in connections:
+        if handler.transport is not None:
+            handler.transport.abort()

@@ -1,32 +1,51 @@
-"""The retry budget as a table."""
+"""The retry budget: a ratio of recent requests plus a per-second reserve."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.retry import RetryBudget
+from gateway.retry import WINDOW_S, RetryBudget
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def spend(budget: RetryBudget, tries: int) -> int:
+    return sum(budget.try_retry() for _ in range(tries))
 
 
 @pytest.mark.parametrize(
-    ("active", "retrying", "allowed"),
+    ("requests", "percent", "min_per_s", "allowed"),
     [
-        (0, 0, True),  # the floor lets a quiet pool retry
-        (1, 2, True),
-        (1, 3, False),  # floor of 3 reached
-        (100, 19, True),
-        (100, 20, False),  # 20 % of 100 requests in flight
-        (1000, 199, True),
-        (1000, 200, False),
+        (0, 20, 1, WINDOW_S),  # the reserve alone
+        (100, 20, 0, 20),  # 20 % of the requests
+        (1000, 20, 0, 200),
+        (1000, 20, 1, 200 + WINDOW_S),
+        (1000, 0, 0, 0),
     ],
 )
-def test_budget(active: int, retrying: int, allowed: bool) -> None:
-    budget = RetryBudget(percent=20, min_concurrent=3, active=active, retrying=retrying)
-    assert budget.allows_retry() is allowed
+def test_allowance(requests: int, percent: float, min_per_s: float, allowed: int) -> None:
+    budget = RetryBudget(Clock(), percent=percent, min_per_s=min_per_s)
+    for _ in range(requests):
+        budget.record_request()
+    assert spend(budget, 10_000) == allowed
 
 
-def test_reservations_are_counted_until_ended() -> None:
-    budget = RetryBudget(percent=0, min_concurrent=2, active=50)
-    assert budget.try_start_retry() and budget.try_start_retry()
-    assert not budget.try_start_retry()
-    budget.end_retry()
-    assert budget.try_start_retry()
+def test_the_window_slides() -> None:
+    clock = Clock()
+    budget = RetryBudget(clock, percent=50, min_per_s=0)
+    for _ in range(10):
+        budget.record_request()
+    assert spend(budget, 100) == 5
+    clock.now += WINDOW_S - 1
+    assert spend(budget, 100) == 0  # still inside the window: spent
+    clock.now += 1
+    assert not budget.allows_retry()  # the requests that paid for retries left the window
+    for _ in range(4):
+        budget.record_request()
+    assert spend(budget, 100) == 2
