@@ -9,7 +9,7 @@ keys are errors too (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -77,6 +77,34 @@ class Outlier(_Model):
     max_ejected_percent: float = Field(50.0, ge=0, le=100)
 
 
+class ColdStart(_Model):
+    max_waiting: int = Field(256, ge=0)  # requests held while the first replica starts
+    timeout_s: float = Field(60.0, gt=0)  # longest such wait, then 503
+
+
+class Autoscale(_Model):
+    driver: Literal["docker", "process"] = "docker"
+    image: str = "inference-backend:latest"
+    command: tuple[str, ...] = ()  # process driver: argv with {port}; docker: CMD override
+    port: int = Field(8000, ge=1, le=65535)  # the port a replica listens on inside its container
+    env: dict[str, str] = {}
+    network: str = "host"  # host, or a Docker network the gateway shares
+    gpus_per_replica: int = Field(0, ge=0)
+    gpus: Literal["auto", "none"] | tuple[int | str, ...] = "auto"
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(8, ge=1)
+    target_concurrency: float = Field(4.0, gt=0)  # in-flight + queued requests per replica
+    stable_window_s: float = Field(60.0, gt=0)
+    panic_window_s: float = Field(6.0, gt=0)
+    panic_threshold: float = Field(2.0, ge=1)
+    scale_down_delay_s: float = Field(30.0, ge=0)
+    startup_timeout_s: float = Field(120.0, gt=0)
+    drain_timeout_s: float = Field(30.0, ge=0)
+    tick_s: float = Field(1.0, gt=0)  # how often the reconcile loop samples and acts
+    cold_start: ColdStart = ColdStart()
+    on_exit: Literal["keep", "stop"] = "keep"  # keep: adopt on restart; stop: drain and remove
+
+
 class Pool(_Model):
     policy: str = "peak_ewma"
     backends: tuple[str, ...] = ()
@@ -86,6 +114,7 @@ class Pool(_Model):
     retries: Retries = Retries()
     health: Health = Health()
     outlier: Outlier = Outlier()
+    autoscale: Autoscale | None = None  # None: the static ``backends`` only
 
     @field_validator("policy")
     @classmethod
@@ -155,11 +184,21 @@ def parse_config(data: Any) -> Config:
         for i, route in enumerate(config.routes)
         if route.pool not in config.pools
     ]
-    errors += [
-        f"pools.{name}.outlier.max_ejection_s: must be >= base_ejection_s"
-        for name, pool in config.pools.items()
-        if pool.outlier.max_ejection_s < pool.outlier.base_ejection_s
-    ]
+    for name, pool in config.pools.items():
+        at = f"pools.{name}"
+        if pool.outlier.max_ejection_s < pool.outlier.base_ejection_s:
+            errors.append(f"{at}.outlier.max_ejection_s: must be >= base_ejection_s")
+        scale = pool.autoscale
+        if scale is None:
+            continue
+        if pool.backends:
+            errors.append(f"{at}.backends: not allowed with autoscale (replicas are managed)")
+        if scale.max_replicas < scale.min_replicas:
+            errors.append(f"{at}.autoscale.max_replicas: must be >= min_replicas")
+        if scale.panic_window_s > scale.stable_window_s:
+            errors.append(f"{at}.autoscale.panic_window_s: must be <= stable_window_s")
+        if scale.driver == "process" and not any("{port}" in a for a in scale.command):
+            errors.append(f"{at}.autoscale.command: the process driver needs {{port}} in it")
     if errors:
         raise ConfigError(errors)
     return config

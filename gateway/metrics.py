@@ -17,6 +17,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.pool import Pool
+from gateway.recorder import Recorder
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (
@@ -28,7 +29,7 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
-class PrometheusRecorder:
+class PrometheusRecorder(Recorder):
     """A ``Recorder`` backed by a private registry (no global state)."""
 
     def __init__(self, pools: Callable[[], Iterable[Pool]]) -> None:

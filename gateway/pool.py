@@ -39,7 +39,7 @@ class NoCapacity(Exception):
 
     def __init__(self, reason: str, retry_after_s: int) -> None:
         super().__init__(reason)
-        self.reason = reason  # "queue_full" | "queue_timeout" | "no_replica"
+        self.reason = reason  # queue_full, queue_timeout, cold_start_full, no_replica
         self.retry_after_s = retry_after_s
 
 
@@ -64,6 +64,11 @@ class Pool:
         self.clock = clock
         self.recorder = recorder
         self.replicas: dict[str, Replica] = {}
+        # Set by the autoscaler for the pools it manages: the cold-start bounds, a wake-up
+        # for demand on an empty pool, and how long a replica typically takes to start.
+        self.cold_start: config.ColdStart | None = None
+        self.on_demand: Callable[[], None] = lambda: None
+        self.expected_start_s = 0.0
         self.retry_budget = RetryBudget(clock)
         self._waiters: deque[_Waiter] = deque()
         self.apply(settings)
@@ -108,6 +113,11 @@ class Pool:
     def queued(self) -> int:
         return len(self._waiters)
 
+    @property
+    def is_cold(self) -> bool:
+        """An autoscaled pool with no live replica: requests wait for one to start."""
+        return self.cold_start is not None and not self.has_alternative(frozenset())
+
     # -- the request path ---------------------------------------------------------------
 
     def has_alternative(self, exclude: frozenset[str]) -> bool:
@@ -122,12 +132,20 @@ class Pool:
             return replica
         if exclude and not self.has_alternative(exclude):
             raise NoCapacity("no_replica", 1)
-        if len(self._waiters) >= self.settings.queue.max_size:
-            raise NoCapacity("queue_full", self._retry_after())
+        cold = self.is_cold
+        if cold:  # scale from zero: wait for the first replica under the cold-start bounds
+            assert self.cold_start is not None
+            limit, timeout_s = self.cold_start.max_waiting, self.cold_start.timeout_s
+        else:
+            limit, timeout_s = self.settings.queue.max_size, self.settings.queue.timeout_s
+        if len(self._waiters) >= limit:
+            raise NoCapacity("cold_start_full" if cold else "queue_full", self._retry_after())
         loop = asyncio.get_running_loop()
         waiter = _Waiter(loop.create_future(), exclude, self.clock())
         self._waiters.append(waiter)
-        timer = loop.call_later(self.settings.queue.timeout_s, self._expire, waiter)
+        if cold:
+            self.on_demand()
+        timer = loop.call_later(timeout_s, self._expire, waiter)
         try:
             replica = await waiter.future
         except asyncio.CancelledError:
@@ -214,6 +232,9 @@ class Pool:
             self.abandon(waiter.future.result())
 
     def _retry_after(self) -> int:
-        """A hint that grows with the backlog: one second per full round of slots queued."""
+        """A hint: the typical start-up time while cold, else one second per full round
+        of slots queued."""
+        if self.is_cold:
+            return max(1, math.ceil(self.expected_start_s))
         slots = max(1, len(self.replicas) * self.max_inflight)
         return max(1, math.ceil(len(self._waiters) / slots))

@@ -8,10 +8,11 @@ replica, and only inside the pool's retry budget. Once the response head arrives
 is streamed through as it is produced (SSE, chunked), and the replica's slot is held until
 the last byte, since the model is busy until then.
 
-Deadlines: ``timeouts.request_s`` bounds the wait for a response head over all attempts
-(504 when it passes); ``timeouts.per_try_s`` bounds one attempt, so a hung replica can be
-abandoned for another while time remains; while a body streams, ``request_s`` is the
-longest silence allowed between two chunks.
+Deadlines: waiting for a slot is bounded by the queue (or cold-start) timeout; from the
+first slot on, ``timeouts.request_s`` bounds the wait for a response head over all
+attempts (504 when it passes); ``timeouts.per_try_s`` bounds one attempt, so a hung
+replica can be abandoned for another while time remains; while a body streams,
+``request_s`` is the longest silence allowed between two chunks.
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ def _forwardable(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
 class _Failed(Exception):
     """An attempt that produced no response: the client would get ``status``."""
 
-    def __init__(self, status: int, reason: str, replica: Replica | None = None) -> None:
-        self.status, self.reason, self.replica = status, reason, replica
+    def __init__(self, status: int, reason: str) -> None:
+        self.status, self.reason = status, reason
 
 
 @dataclass(slots=True)
@@ -81,6 +82,7 @@ class _Answer:
     replica: Replica
     response: aiohttp.ClientResponse
     ttfb_s: float  # time to the response head: what the policies learn from
+    cold_wait_s: float | None = None  # how long it waited for a replica to start, if it did
 
 
 class Router:
@@ -139,10 +141,11 @@ class Proxy:
         started: float,
     ) -> web.StreamResponse:
         timeouts = pool.settings.timeouts
-        deadline = started + timeouts.request_s
         per_try = timeouts.per_try_s or timeouts.request_s
         attempts = pool.settings.retries.attempts
         budget = pool.retry_budget
+        deadline: float | None = None  # set once the first slot is had: queue waits have
+        # their own bounds, so a long cold start does not eat the request's time
         tried: frozenset[str] = frozenset()
         failure = _Failed(503, "no attempt")
         for attempt in range(attempts):
@@ -155,7 +158,7 @@ class Proxy:
                     break
                 self.recorder.retry(pool.name, failure.reason)
             try:
-                answer = await self._attempt(request, pool, tried, headers, body, deadline, per_try)
+                replica, cold_wait_s = await self._acquire(pool, tried, deadline)
             except NoCapacity as exc:
                 if retry:
                     break
@@ -165,11 +168,16 @@ class Proxy:
                 return self._finish(pool, "", started, error)
             except _Failed as exc:
                 failure = exc
-                if exc.replica is None:
-                    break  # the deadline passed before any replica could be had
-                tried |= {exc.replica.id}
+                break
+            tried |= {replica.id}
+            if deadline is None:
+                deadline = self.clock() + timeouts.request_s
+            try:
+                answer = await self._send(request, pool, replica, headers, body, per_try, deadline)
+            except _Failed as exc:
+                failure = exc
                 continue
-            tried |= {answer.replica.id}
+            answer.cold_wait_s = cold_wait_s
             status = answer.response.status
             if (
                 status in RETRYABLE_STATUS
@@ -179,29 +187,40 @@ class Proxy:
             ):
                 failure = _Failed(status, f"status_{status}")
                 answer.response.release()
-                pool.release(answer.replica, answer.ttfb_s, status)
+                pool.release(replica, answer.ttfb_s, status)
                 continue
             return await self._relay(request, pool, answer, request_id, started)
         error = json_error(failure.status, f"upstream failed: {failure.reason}")
         return self._finish(pool, "", started, error)
 
-    async def _attempt(
+    async def _acquire(
+        self, pool: Pool, tried: frozenset[str], deadline: float | None
+    ) -> tuple[Replica, float | None]:
+        """A slot, and how long it waited for a replica to start (None: it did not)."""
+        cold = pool.is_cold
+        since = self.clock()
+        if deadline is None:
+            replica = await pool.acquire(tried)  # bounded by the queue's own timeout
+        else:
+            try:
+                async with asyncio.timeout(deadline - since):
+                    replica = await pool.acquire(tried)
+            except TimeoutError:
+                raise _Failed(504, "deadline") from None
+        return replica, self.clock() - since if cold else None
+
+    async def _send(
         self,
         request: web.Request,
         pool: Pool,
-        tried: frozenset[str],
+        replica: Replica,
         headers: CIMultiDict[str],
         body: bytes,
-        deadline: float,
         per_try_s: float,
+        deadline: float,
     ) -> _Answer:
-        """Get a slot and the response head from one replica. On success the caller owns
-        both; on failure (``_Failed``) the slot is already given back."""
-        try:
-            async with asyncio.timeout(deadline - self.clock()):
-                replica = await pool.acquire(tried)
-        except TimeoutError:
-            raise _Failed(504, "deadline") from None
+        """One attempt up to the response head. On success the caller owns the response
+        and the slot; on failure (``_Failed``) the slot is already given back."""
         timeouts = pool.settings.timeouts
         t0 = self.clock()
         try:
@@ -218,11 +237,11 @@ class Proxy:
                 )
         except TimeoutError:
             pool.release(replica, self.clock() - t0, None)
-            raise _Failed(504, "timeout", replica) from None
+            raise _Failed(504, "timeout") from None
         except (aiohttp.ClientError, OSError) as exc:
             pool.release(replica, self.clock() - t0, None)
             reason = "connect" if isinstance(exc, aiohttp.ClientConnectorError) else "reset"
-            raise _Failed(502, reason, replica) from None
+            raise _Failed(502, reason) from None
         except BaseException:
             pool.abandon(replica)
             raise
@@ -239,6 +258,9 @@ class Proxy:
         try:
             headers = _forwardable(upstream.headers)
             headers["X-Request-ID"] = request_id
+            if answer.cold_wait_s is not None:
+                headers["X-Cold-Start-Wait"] = f"{answer.cold_wait_s:.3f}"
+                self.recorder.cold_start_wait(pool.name, answer.cold_wait_s)
             length = upstream.content_length
             if length is not None and length <= BUFFER_LIMIT:
                 try:

@@ -1,53 +1,50 @@
-"""What the data plane reports, as an interface with a do-nothing default.
+"""What the gateway reports, as a base class whose methods do nothing.
 
-Hot-path code calls a ``Recorder``; only ``metrics.py`` knows about Prometheus. Gauges
-(in-flight, queue depth, health) are not pushed through here at all: the Prometheus
-collector reads them from the pools at scrape time, which costs the request path nothing.
+Hot-path and control-loop code call a ``Recorder``; only ``metrics.py`` knows about
+Prometheus, by overriding these methods. Gauges (in-flight, queue depth, health, replica
+counts) are not pushed through here at all: the Prometheus collector reads them from the
+pools and scalers at scrape time, which costs the request path nothing.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
 
-
-class Recorder(Protocol):
+class Recorder:
+    # -- data plane --------------------------------------------------------------------
     def request_done(self, pool: str, replica: str, status: int, duration_s: float) -> None:
         """One client request finished; ``replica`` is "" when none answered."""
 
-    def retry(self, pool: str, reason: str) -> None: ...
-
-    def retry_denied(self, pool: str) -> None: ...
-
-    def queue_wait(self, pool: str, wait_s: float) -> None: ...
-
-    def rejected(self, pool: str, reason: str) -> None: ...
-
-    def ejection(self, pool: str, replica: str) -> None: ...
-
-    def health_changed(self, pool: str, replica: str, up: bool) -> None: ...
-
-
-class NullRecorder:
-    def request_done(self, pool: str, replica: str, status: int, duration_s: float) -> None:
-        pass
-
     def retry(self, pool: str, reason: str) -> None:
-        pass
+        """An attempt is retried after ``reason`` (connect, reset, timeout, status_503...)."""
 
     def retry_denied(self, pool: str) -> None:
-        pass
+        """The retry budget refused a retry."""
 
     def queue_wait(self, pool: str, wait_s: float) -> None:
-        pass
+        """A request got a slot after waiting in the queue."""
 
     def rejected(self, pool: str, reason: str) -> None:
-        pass
+        """A request was refused with 503 (queue_full, queue_timeout, cold_start_full...)."""
 
     def ejection(self, pool: str, replica: str) -> None:
-        pass
+        """Passive outlier detection ejected a replica."""
 
     def health_changed(self, pool: str, replica: str, up: bool) -> None:
-        pass
+        """The active health verdict on a replica flipped."""
+
+    def cold_start_wait(self, pool: str, wait_s: float) -> None:
+        """A request waited ``wait_s`` for the first replica of an empty pool."""
+
+    # -- control plane -----------------------------------------------------------------
+    def scale_event(self, pool: str, action: str, reason: str) -> None:
+        """The autoscaler started, drained or replaced a replica (``action``) because of
+        ``reason`` (the decision's reason word)."""
+
+    def replica_ready(self, pool: str, startup_s: float) -> None:
+        """A started replica passed its health check ``startup_s`` after its start."""
+
+    def start_failed(self, pool: str, reason: str) -> None:
+        """A replica could not be started (driver error, start-up timeout, no GPU)."""
 
 
-NULL_RECORDER: Recorder = NullRecorder()
+NULL_RECORDER = Recorder()
