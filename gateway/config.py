@@ -144,6 +144,7 @@ class Config(_Model):
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)  # larger request bodies get 413
     drain_timeout_s: float = Field(30.0, ge=0)  # SIGTERM: how long in-flight requests may finish
     log_level: str = "info"
+    state_dir: str = "~/.cache/inference-gateway"  # what a restarted gateway must find again
 
 
 class ConfigError(Exception):

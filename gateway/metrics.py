@@ -9,20 +9,33 @@ fixed reason words.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.pool import Pool
 from gateway.recorder import Recorder
 
+if TYPE_CHECKING:
+    from gateway.autoscaler import PoolAutoscaler
+    from gateway.gpus import GpuLedger
+    from gateway.pool import Pool
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+STARTUP_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 )  # fmt: skip
+
+
+class Observed(Protocol):
+    """What the scrape-time gauges read: the gateway's live state."""
+
+    pools: dict[str, Pool]
+    autoscalers: dict[str, PoolAutoscaler]
+    ledger: GpuLedger
 
 
 def status_class(status: int) -> str:
@@ -32,7 +45,7 @@ def status_class(status: int) -> str:
 class PrometheusRecorder(Recorder):
     """A ``Recorder`` backed by a private registry (no global state)."""
 
-    def __init__(self, pools: Callable[[], Iterable[Pool]]) -> None:
+    def __init__(self, observed: Observed) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -65,7 +78,23 @@ class PrometheusRecorder(Recorder):
             "gateway_health_transitions", "Active health verdict changes",
             ["pool", "replica", "to"], registry=r,
         )  # fmt: skip
-        r.register(_PoolGauges(pools))
+        self.cold_start_waits = Histogram(
+            "gateway_cold_start_wait_seconds", "Waits for the first replica of an empty pool",
+            ["pool"], buckets=STARTUP_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.scale_events = Counter(
+            "gateway_scale_events", "Replicas started, drained or replaced, by decision reason",
+            ["pool", "action", "reason"], registry=r,
+        )  # fmt: skip
+        self.startup = Histogram(
+            "gateway_replica_startup_seconds", "From start to passing the health check",
+            ["pool"], buckets=STARTUP_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.start_failures = Counter(
+            "gateway_replica_start_failures", "Replica starts that failed, by reason",
+            ["pool", "reason"], registry=r,
+        )  # fmt: skip
+        r.register(_Gauges(observed))
         self._children: dict[tuple[str, str, int], Any] = {}
 
     def request_done(self, pool: str, replica: str, status: int, duration_s: float) -> None:
@@ -98,28 +127,37 @@ class PrometheusRecorder(Recorder):
     def health_changed(self, pool: str, replica: str, up: bool) -> None:
         self.health_changes.labels(pool, replica, "up" if up else "down").inc()
 
+    def cold_start_wait(self, pool: str, wait_s: float) -> None:
+        self.cold_start_waits.labels(pool).observe(wait_s)
+
+    def scale_event(self, pool: str, action: str, reason: str) -> None:
+        self.scale_events.labels(pool, action, reason).inc()
+
+    def replica_ready(self, pool: str, startup_s: float) -> None:
+        self.startup.labels(pool).observe(startup_s)
+
+    def start_failed(self, pool: str, reason: str) -> None:
+        self.start_failures.labels(pool, reason).inc()
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
 
-class _PoolGauges(Collector):
-    """Scrape-time gauges read from the live pools."""
+class _Gauges(Collector):
+    """Scrape-time gauges read from the live pools, autoscalers and GPU ledger."""
 
-    def __init__(self, pools: Callable[[], Iterable[Pool]]) -> None:
-        self.pools = pools
+    def __init__(self, observed: Observed) -> None:
+        self.observed = observed
 
     def collect(self) -> Iterator[Metric]:
-        inflight = GaugeMetricFamily(
-            "gateway_inflight", "Requests in flight per replica", labels=["pool", "replica"]
-        )
-        up = GaugeMetricFamily(
-            "gateway_replica_up", "Active health verdict (1 up, 0 down)", labels=["pool", "replica"]
-        )
-        ejected = GaugeMetricFamily(
-            "gateway_replica_ejected", "1 while passively ejected", labels=["pool", "replica"]
-        )
-        depth = GaugeMetricFamily("gateway_queue_depth", "Requests waiting", labels=["pool"])
-        for pool in self.pools():
+        def gauge(name: str, doc: str, *labels: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=list(labels))
+
+        inflight = gauge("gateway_inflight", "Requests in flight", "pool", "replica")
+        up = gauge("gateway_replica_up", "Active health verdict (1 up)", "pool", "replica")
+        ejected = gauge("gateway_replica_ejected", "1 while ejected", "pool", "replica")
+        depth = gauge("gateway_queue_depth", "Requests waiting for a slot", "pool")
+        for pool in self.observed.pools.values():
             now = pool.clock()
             depth.add_metric([pool.name], pool.queued)
             for r in pool.replicas.values():
@@ -127,3 +165,18 @@ class _PoolGauges(Collector):
                 up.add_metric([pool.name, r.id], float(r.health.up))
                 ejected.add_metric([pool.name, r.id], float(r.health.ejected(now)))
         yield from (inflight, up, ejected, depth)
+
+        replicas = gauge("gateway_replicas", "Managed replicas by state", "pool", "state")
+        desired = gauge("gateway_replicas_desired", "The autoscaler's decision", "pool")
+        panic = gauge("gateway_autoscaler_panic", "1 while in panic mode", "pool")
+        for name, scaler in self.observed.autoscalers.items():
+            for state, count in scaler.count.items():
+                replicas.add_metric([name, state], count)
+            if scaler.decision is not None:
+                desired.add_metric([name], scaler.decision.desired)
+                panic.add_metric([name], float(scaler.decision.panic))
+        gpus = gauge("gateway_gpus", "GPUs known to the ledger", "state")
+        ledger = self.observed.ledger
+        gpus.add_metric(["allocated"], ledger.total - len(ledger.free))
+        gpus.add_metric(["free"], len(ledger.free))
+        yield from (replicas, desired, panic, gpus)

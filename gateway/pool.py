@@ -69,6 +69,7 @@ class Pool:
         self.cold_start: config.ColdStart | None = None
         self.on_demand: Callable[[], None] = lambda: None
         self.expected_start_s = 0.0
+        self._idle: dict[str, asyncio.Future[None]] = {}  # draining replica id -> drained
         self.retry_budget = RetryBudget(clock)
         self._waiters: deque[_Waiter] = deque()
         self.apply(settings)
@@ -159,6 +160,8 @@ class Pool:
     def release(self, replica: Replica, latency_s: float, status: int | None) -> None:
         """Return a slot with the attempt's outcome (``status`` None: no response at all)."""
         replica.inflight -= 1
+        if replica.draining and not replica.inflight:
+            self._drained(replica)
         failed = status is None or status >= 500
         self.policy.on_end(replica, latency_s, not failed and status != 429)
         now = self.clock()
@@ -171,6 +174,8 @@ class Pool:
     def abandon(self, replica: Replica) -> None:
         """Return a slot whose attempt produced no outcome worth learning from."""
         replica.inflight -= 1
+        if replica.draining and not replica.inflight:
+            self._drained(replica)
         self._dispatch()
 
     def record_probe(self, replica: Replica, ok: bool) -> None:
@@ -180,7 +185,22 @@ class Pool:
             log.info("pool %s: replica %s is %s", self.name, replica.id, state)
             self._dispatch()
 
+    async def wait_drained(self, replica: Replica, timeout_s: float) -> bool:
+        """Wait until a draining replica has no request in flight; False on timeout."""
+        if replica.inflight:
+            future = self._idle.setdefault(replica.id, asyncio.get_running_loop().create_future())
+            try:
+                await asyncio.wait_for(asyncio.shield(future), timeout_s)
+            except TimeoutError:
+                return False
+        return True
+
     # -- internals ----------------------------------------------------------------------
+
+    def _drained(self, replica: Replica) -> None:
+        future = self._idle.pop(replica.id, None)
+        if future is not None and not future.done():
+            future.set_result(None)
 
     def _pick(self, exclude: frozenset[str]) -> Replica | None:
         now = self.clock()

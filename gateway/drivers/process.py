@@ -1,23 +1,29 @@
 """The process driver: replicas as local subprocesses on free loopback ports.
 
-The no-Docker runtime, for the quick start and for fast tests; the same semantics as the
-Docker driver (the autoscaler cannot tell them apart) except one: a subprocess has no
-labels to be found by after a restart, so replicas live and die with the gateway. Each
-child runs in its own session, so a signal to the gateway's process group does not reach
-it before the gateway drains it.
+The no-Docker runtime, for the quick start and for fast tests, with the Docker driver's
+semantics: the autoscaler cannot tell them apart. Where containers carry labels, a
+process carries a small JSON record in ``state_dir`` (pool, replica id, pid, port, GPU
+ids, and the kernel's start time of the pid, so a recycled pid is never mistaken for
+ours). Each child runs in a session of its own, so it outlives a gateway that is killed,
+and the next gateway adopts it from its record, as it adopts containers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import os
 import signal
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from pathlib import Path
 
-from gateway.drivers import Instance, ReplicaSpec
+import orjson
+
+from gateway.drivers import MANAGER, Instance, ReplicaSpec
+
+STOP_POLL_S = 0.05
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -27,19 +33,26 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (field 22 of /proc/PID/stat), None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] == "Z" else fields[19]
+
+
 class ProcessDriver:
-    def __init__(self, cwd: str | None = None) -> None:
+    def __init__(self, state_dir: str | Path, cwd: str | None = None) -> None:
+        self.state_dir = Path(state_dir).expanduser()
         self.cwd = cwd
-        self._children: dict[str, tuple[Instance, asyncio.subprocess.Process]] = {}
+        self._children: dict[int, asyncio.subprocess.Process] = {}
         self._events: asyncio.Queue[str] = asyncio.Queue()
         self._watchers: set[asyncio.Task[None]] = set()
 
     async def list(self, pool: str) -> list[Instance]:
-        return [
-            replace(instance, state="running" if proc.returncode is None else "exited")
-            for instance, proc in self._children.values()
-            if instance.pool == pool
-        ]
+        return [instance for record, instance in self._records() if instance.pool == pool]
 
     async def start(self, spec: ReplicaSpec) -> Instance:
         port = free_port()
@@ -50,43 +63,88 @@ class ProcessDriver:
         proc = await asyncio.create_subprocess_exec(
             *argv, cwd=self.cwd, env=env, start_new_session=True, stdin=asyncio.subprocess.DEVNULL
         )
-        instance = Instance(
-            replica_id=spec.replica_id,
-            pool=spec.pool,
-            state="running",
-            url=f"http://127.0.0.1:{port}",
-            gpu_ids=spec.gpu_ids,
-            handle=str(proc.pid),
-        )
-        self._children[spec.replica_id] = (instance, proc)
+        record = {
+            "managed_by": MANAGER,
+            "pool": spec.pool,
+            "replica_id": spec.replica_id,
+            "pid": proc.pid,
+            "started": _start_time(proc.pid),
+            "url": f"http://127.0.0.1:{port}",
+            "gpu_ids": list(spec.gpu_ids),
+        }
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._path(spec.replica_id).write_bytes(orjson.dumps(record))
+        self._children[proc.pid] = proc
         watcher = asyncio.create_task(self._watch(spec.pool, proc))
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
-        return instance
+        return self._instance(record)
 
     async def stop(self, instance: Instance, timeout_s: float) -> None:
-        entry = self._children.pop(instance.replica_id, None)
-        if entry is None:
-            return
-        proc = entry[1]
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), timeout_s)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+        pid = int(instance.handle)
+        path = self._path(instance.replica_id)
+        record = orjson.loads(path.read_bytes()) if path.exists() else None
+        if record is not None and self._alive(record):
+            self._signal(pid, signal.SIGTERM)
+            # An adopted replica is not our child, so there is nothing to wait on: poll.
+            for _ in range(max(1, round(timeout_s / STOP_POLL_S))):
+                if not self._alive(record):
+                    break
+                await asyncio.sleep(STOP_POLL_S)
+            if self._alive(record):
+                self._signal(pid, signal.SIGKILL)
+        child = self._children.pop(pid, None)
+        if child is not None:
+            await child.wait()
+        path.unlink(missing_ok=True)
 
     async def events(self) -> AsyncIterator[str]:
         while True:
             yield await self._events.get()
 
     async def close(self) -> None:
-        """Children are stopped by the autoscaler; here only the watchers end."""
         for task in list(self._watchers):
             task.cancel()
+
+    # -- records -----------------------------------------------------------------------
+
+    def _path(self, replica_id: str) -> Path:
+        return self.state_dir / f"{replica_id}.json"
+
+    def _records(self) -> builtins.list[tuple[dict[str, object], Instance]]:
+        found = []
+        for path in sorted(self.state_dir.glob("*.json")):
+            with contextlib.suppress(OSError, orjson.JSONDecodeError):
+                record = orjson.loads(path.read_bytes())
+                if record.get("managed_by") == MANAGER:
+                    found.append((record, self._instance(record)))
+        return found
+
+    def _instance(self, record: dict[str, object]) -> Instance:
+        gpu_ids = record["gpu_ids"]
+        assert isinstance(gpu_ids, list)
+        return Instance(
+            replica_id=str(record["replica_id"]),
+            pool=str(record["pool"]),
+            state="running" if self._alive(record) else "exited",
+            url=str(record["url"]),
+            gpu_ids=tuple(str(g) for g in gpu_ids),
+            handle=str(record["pid"]),
+        )
+
+    def _alive(self, record: dict[str, object]) -> bool:
+        pid = record["pid"]
+        assert isinstance(pid, int)
+        child = self._children.get(pid)
+        if child is not None and child.returncode is not None:
+            return False
+        started = _start_time(pid)
+        return started is not None and started == record["started"]
+
+    @staticmethod
+    def _signal(pid: int, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)  # the replica's whole session: a shell and its server
 
     async def _watch(self, pool: str, proc: asyncio.subprocess.Process) -> None:
         await proc.wait()

@@ -1,0 +1,303 @@
+"""The reconcile loop: one per autoscaled pool, turning load into running replicas.
+
+Level-triggered and idempotent, like a Kubernetes controller. Every tick (and early, on a
+hint: demand on an empty pool, a driver event) it observes the pool's load and the
+driver's replicas, asks the pure ``scaling.Scaler`` for a decision and ``scaling.plan``
+for the difference, and carries that out. Converged means no action at all. Nothing is
+remembered between ticks that the next tick could not rebuild: a failed start or stop is
+simply attempted again (after a backoff), a replica that exited or fails its health checks
+is replaced.
+
+A replica's life: ``starting`` (created; its health path is polled) -> ``ready`` (in the
+pool, taking requests) -> ``draining`` (no new requests; waits for in-flight ones up to
+``drain_timeout_s``) -> stopped and removed. ``failed`` replicas are removed and replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
+
+from gateway import config
+from gateway.drivers import Driver, Instance, ReplicaSpec
+from gateway.gpus import GpuLedger
+from gateway.pool import Pool
+from gateway.recorder import NULL_RECORDER, Recorder
+from gateway.replica import Replica
+from gateway.scaling import Decision, ReplicaView, Scaler, ScalingRules, plan
+
+log = logging.getLogger(__name__)
+
+MemberState = Literal["starting", "ready", "draining", "failed"]
+READY_POLL_S = 0.2
+STOP_TIMEOUT_S = 10.0  # SIGTERM grace for a replica that has already drained
+MAX_BACKOFF_S = 60.0
+
+
+@dataclass(eq=False)
+class Member:
+    """One replica as the autoscaler tracks it."""
+
+    replica_id: str
+    state: MemberState
+    since: float  # when it was started (or adopted)
+    instance: Instance | None = None  # None while the driver's start is in flight
+    replica: Replica | None = None  # the data plane's view, from ready on
+    busy: bool = False  # a drain or removal task owns it
+
+
+class PoolAutoscaler:
+    def __init__(
+        self,
+        pool: Pool,
+        settings: config.Autoscale,
+        driver: Driver,
+        ledger: GpuLedger,
+        session: aiohttp.ClientSession,
+        clock: Callable[[], float],
+        recorder: Recorder = NULL_RECORDER,
+    ) -> None:
+        self.pool = pool
+        self.driver = driver
+        self.ledger = ledger
+        self.session = session
+        self.clock = clock
+        self.recorder = recorder
+        self.members: dict[str, Member] = {}
+        self.wake = asyncio.Event()
+        self.decision: Decision | None = None
+        self.scaler = Scaler(ScalingRules.from_config(settings), clock())
+        self.apply(settings)
+        self._startup_times: deque[float] = deque(maxlen=8)
+        self._failures = 0
+        self._backoff_until = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def apply(self, settings: config.Autoscale) -> None:
+        """Take new settings; replicas and the load history are kept."""
+        self.settings = settings
+        self.scaler.rules = ScalingRules.from_config(settings)
+        self.pool.cold_start = settings.cold_start
+        self.pool.on_demand = self.wake.set
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self._adopt()
+        while True:
+            try:
+                await self.tick()
+            except Exception:  # the next tick retries; the loop must not die
+                log.exception("pool %s: reconcile failed", self.pool.name)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.tick_s):
+                    await self.wake.wait()
+            self.wake.clear()
+
+    async def tick(self) -> None:
+        now = self.clock()
+        self.scaler.record(now, self.pool.inflight + self.pool.queued)
+        await self._observe()
+        count = self.count
+        self.decision = decision = self.scaler.decide(now, count["ready"], count["starting"])
+        views = [self._view(m, now) for m in self.members.values() if not m.busy]
+        todo = plan(decision.desired, views)
+        for rid in todo.remove:
+            self._spawn(self._remove(self.members[rid], "failed"))
+        for rid in todo.drain:
+            self._spawn(self._drain(self.members[rid], decision.reason))
+        if todo.start and now >= self._backoff_until:
+            await asyncio.gather(*(self._start(decision.reason) for _ in range(todo.start)))
+
+    @property
+    def count(self) -> dict[MemberState, int]:
+        counts: dict[MemberState, int] = {"starting": 0, "ready": 0, "draining": 0, "failed": 0}
+        for member in self.members.values():
+            counts[member.state] += 1
+        return counts
+
+    async def shutdown(self, stop_replicas: bool) -> None:
+        """End the loop; with ``stop_replicas``, drain and remove every replica."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if stop_replicas:
+            members = [m for m in self.members.values() if m.instance is not None]
+            await asyncio.gather(*(self._drain(m, "shutdown") for m in members))
+
+    # -- observing ---------------------------------------------------------------------
+
+    async def _adopt(self) -> None:
+        """Take over the replicas a previous gateway left running, health-checked before
+        use; anything else carrying our labels for this pool is removed (no orphans)."""
+        now = self.clock()
+        for instance in await self.driver.list(self.pool.name):
+            rid = instance.replica_id
+            usable = instance.state == "running" and instance.url is not None
+            if usable and self.ledger.adopt(rid, instance.gpu_ids):
+                member = Member(rid, "starting", now, instance)
+                self.members[rid] = member
+                self._spawn(self._await_ready(member))
+                log.info("pool %s: adopted replica %s", self.pool.name, rid)
+            else:
+                log.info("pool %s: removing leftover replica %s", self.pool.name, rid)
+                await self._stop_instance(instance)
+
+    async def _observe(self) -> None:
+        """Mark members whose replica exited, vanished or went unhealthy as failed."""
+        seen = {i.replica_id: i for i in await self.driver.list(self.pool.name)}
+        for member in self.members.values():
+            if member.instance is None or member.busy or member.state == "failed":
+                continue  # a start is in flight, or a drain/removal owns it
+            instance = seen.get(member.replica_id)
+            if instance is None or instance.state == "exited":
+                self._fail(member, "exited")
+            elif member.replica is not None and not member.replica.health.up:
+                self._fail(member, "unhealthy")
+
+    def _view(self, member: Member, now: float) -> ReplicaView:
+        inflight = member.replica.inflight if member.replica else 0
+        return ReplicaView(member.replica_id, member.state, inflight, now - member.since)
+
+    def _fail(self, member: Member, why: str) -> None:
+        log.warning("pool %s: replica %s %s; replacing it", self.pool.name, member.replica_id, why)
+        member.state = "failed"
+        if member.replica is not None:
+            member.replica.draining = True
+        self._publish()
+
+    # -- acting ------------------------------------------------------------------------
+
+    async def _start(self, reason: str) -> None:
+        settings = self.settings
+        rid = f"{self.pool.name}-{secrets.token_hex(4)}"
+        gpus = self.ledger.allocate(rid, settings.gpus_per_replica)
+        if gpus is None:
+            log.warning(
+                "pool %s: needs %d GPU(s) per replica, %d free of %d; not starting",
+                self.pool.name, settings.gpus_per_replica, len(self.ledger.free),
+                self.ledger.total,
+            )  # fmt: skip
+            self.recorder.start_failed(self.pool.name, "no_gpu")
+            return
+        spec = ReplicaSpec(
+            pool=self.pool.name,
+            replica_id=rid,
+            image=settings.image,
+            command=settings.command,
+            port=settings.port,
+            env=settings.env,
+            network=settings.network,
+            gpu_ids=gpus,
+        )
+        member = Member(rid, "starting", self.clock())
+        self.members[rid] = member
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(3), wait=wait_exponential(0.2, max=2), reraise=True
+            ):
+                with attempt:
+                    member.instance = await self.driver.start(spec)
+        except Exception as exc:
+            del self.members[rid]
+            self.ledger.release(rid)
+            self._start_failed("driver", str(exc))
+            return
+        log.info("pool %s: starting replica %s (%s)", self.pool.name, rid, reason)
+        self.recorder.scale_event(self.pool.name, "start", reason)
+        self._spawn(self._await_ready(member))
+
+    async def _await_ready(self, member: Member) -> None:
+        """Poll the replica's health path until it answers 2xx, then add it to the pool."""
+        assert member.instance is not None and member.instance.url is not None
+        url = member.instance.url
+        health = self.pool.settings.health
+        deadline = member.since + self.settings.startup_timeout_s
+        while self.clock() < deadline:
+            if member.state != "starting":
+                return
+            try:
+                async with self.session.get(
+                    url + health.path, timeout=aiohttp.ClientTimeout(total=health.timeout_s)
+                ) as response:
+                    if 200 <= response.status < 300:
+                        break
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                pass
+            await asyncio.sleep(READY_POLL_S)
+        else:
+            self._start_failed("startup_timeout", member.replica_id)
+            self._fail(member, "did not become healthy in time")
+            return
+        startup_s = self.clock() - member.since
+        self._failures = 0
+        self._startup_times.append(startup_s)
+        self.pool.expected_start_s = sum(self._startup_times) / len(self._startup_times)
+        member.state = "ready"
+        member.replica = Replica(id=member.replica_id, url=url)
+        self._publish()
+        self.recorder.replica_ready(self.pool.name, startup_s)
+        log.info("pool %s: replica %s ready after %.1f s", self.pool.name, url, startup_s)
+        self.wake.set()  # requests may be waiting, and the plan may change
+
+    def _start_failed(self, reason: str, detail: str) -> None:
+        """Count the failure and back off before the next start: a start that fails
+        for good (a bad image, no runtime) must not spin."""
+        self._failures += 1
+        backoff = min(MAX_BACKOFF_S, 2.0**self._failures)
+        self._backoff_until = self.clock() + backoff
+        log.error(
+            "pool %s: start failed: %s (%s); next start in %.0f s",
+            self.pool.name, reason, detail, backoff,
+        )  # fmt: skip
+        self.recorder.start_failed(self.pool.name, reason)
+
+    async def _drain(self, member: Member, reason: str) -> None:
+        """No new requests; wait for in-flight ones (bounded), then stop and remove."""
+        member.busy = True
+        member.state = "draining"
+        self.recorder.scale_event(self.pool.name, "drain", reason)
+        replica = member.replica
+        if replica is not None:
+            replica.draining = True
+            self._publish()
+            await self.pool.wait_drained(replica, self.settings.drain_timeout_s)
+        await self._remove(member, reason)
+
+    async def _remove(self, member: Member, reason: str) -> None:
+        member.busy = True
+        if member.instance is not None:
+            await self._stop_instance(member.instance)
+        self.ledger.release(member.replica_id)
+        self.members.pop(member.replica_id, None)
+        self._publish()
+        if reason == "failed":
+            self.recorder.scale_event(self.pool.name, "replace", reason)
+
+    async def _stop_instance(self, instance: Instance) -> None:
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(3), wait=wait_exponential(0.2, max=2), reraise=True
+        ):
+            with attempt:
+                await self.driver.stop(instance, STOP_TIMEOUT_S)
+
+    def _publish(self) -> None:
+        """Hand the pool a whole snapshot: ready and draining replicas."""
+        self.pool.set_replicas(
+            m.replica for m in self.members.values() if m.replica is not None
+            and m.state != "failed"
+        )  # fmt: skip
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,315 @@
+"""The Docker driver: replicas as containers, through the Docker Engine API (docker SDK).
+
+The only module that imports ``docker``. It is a thin adapter: the autoscaler decides,
+this module carries out. Every blocking SDK call runs in a worker thread
+(``asyncio.to_thread``); the event stream, which blocks for as long as it is open, gets a
+daemon thread of its own so it never holds an executor thread or delays loop shutdown.
+
+What the engine holds is the gateway's only record outside memory, so everything it needs
+after a restart is in the container labels: managed-by, pool, replica id, GPU ids and the
+port the server listens on inside the container (``PORT_LABEL``, private to this driver).
+
+Safety: ``list`` filters on our labels in the engine, and ``stop`` inspects a container
+and refuses to touch it unless its labels say we manage it and it is the replica asked
+for. Nothing is ever looked up or removed by a broad name.
+
+Reaching a replica (``Instance.url``, set only while a container is running):
+- network ``host``: the driver picks a free host port, passes it as ``$PORT`` (and in place
+  of ``{port}`` in the command); the URL is ``http://127.0.0.1:<port>``;
+- any other network: the server listens on ``spec.port`` (also passed as ``$PORT``), which
+  is published on 127.0.0.1 on a port the engine picks. ``reach="published"`` (the gateway
+  runs on the host) uses that loopback port; ``reach="network"`` (the gateway runs in a
+  container on the same user-defined network, the compose case) uses
+  ``http://<container name>:<spec.port>`` (the container's IP on the default ``bridge``,
+  where names do not resolve).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal
+
+import docker
+import docker.errors
+import docker.types
+
+from gateway.drivers import (
+    GPUS,
+    MANAGED_BY,
+    MANAGER,
+    POOL,
+    REPLICA,
+    Instance,
+    InstanceState,
+    ReplicaSpec,
+)
+
+log = logging.getLogger(__name__)
+
+PORT_LABEL = "io.inference-gateway.port"  # the port the server listens on in its container
+EVENT_ACTIONS = ("start", "die", "stop", "destroy")
+EVENTS_RETRY_S = (0.5, 10.0)  # reconnect backoff of the event stream: first, cap
+_END = object()  # the event thread's stream ended
+
+Reach = Literal["published", "network"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def container_name(replica_id: str) -> str:
+    """``igw-<replica id>``, with characters Docker refuses in names replaced."""
+    return "igw-" + re.sub(r"[^a-zA-Z0-9_.-]", "-", replica_id)
+
+
+def _state(status: str) -> InstanceState:
+    # paused, restarting, removing and dead replicas serve nothing: the loop replaces them
+    if status in ("created", "running"):
+        return status  # type: ignore[return-value]
+    return "exited"
+
+
+class DockerDriver:
+    """The ``Driver`` protocol over the Docker Engine API.
+
+    ``client`` (a ``docker.DockerClient``) or ``base_url`` select the engine; by default
+    ``docker.from_env()`` (``DOCKER_HOST`` or the local socket). The client is made on
+    first use, in a thread, since making one already talks to the engine.
+    ``init`` runs Docker's tiny init as PID 1 so SIGTERM reaches the server even when the
+    image does not handle signals itself; stops then drain instead of waiting for SIGKILL.
+    """
+
+    def __init__(
+        self,
+        client: Any = None,
+        *,
+        base_url: str | None = None,
+        reach: Reach = "published",
+        init: bool = True,
+    ) -> None:
+        self.reach = reach
+        self.init = init
+        self._base_url = base_url
+        self._client_obj: Any = client
+        self._owns_client = client is None
+        self._client_lock = asyncio.Lock()
+        self._closing = asyncio.Event()
+        self._streams: set[Any] = set()
+
+    async def _client(self) -> Any:
+        if self._client_obj is None:
+            async with self._client_lock:
+                if self._client_obj is None:
+                    base_url = self._base_url
+                    self._client_obj = await asyncio.to_thread(
+                        docker.from_env if base_url is None else docker.DockerClient,
+                        **({} if base_url is None else {"base_url": base_url}),
+                    )
+        return self._client_obj
+
+    # -- the protocol ------------------------------------------------------------------
+
+    async def list(self, pool: str) -> list[Instance]:
+        """One engine call (the summary listing, no per-container inspect): cheap enough
+        for every reconcile tick."""
+        api = (await self._client()).api
+        rows = await asyncio.to_thread(
+            api.containers,
+            all=True,
+            filters={"label": [f"{MANAGED_BY}={MANAGER}", f"{POOL}={pool}"]},
+        )
+        return [self._instance(row) for row in rows]
+
+    async def start(self, spec: ReplicaSpec) -> Instance:
+        """Create, then start unless ``spec.start`` is False. A container whose start fails
+        is removed again, so a retry of the same spec never meets a name conflict."""
+        client = await self._client()
+        host_net = spec.network == "host"
+        port = _free_port() if host_net else spec.port
+        labels = {
+            MANAGED_BY: MANAGER,
+            POOL: spec.pool,
+            REPLICA: spec.replica_id,
+            GPUS: ",".join(spec.gpu_ids),
+            PORT_LABEL: str(port),
+        }
+        options: dict[str, Any] = {
+            "name": container_name(spec.replica_id),
+            "labels": labels,
+            "environment": {**spec.env, "PORT": str(port)},
+            "init": self.init,
+        }
+        if spec.command:
+            options["command"] = [arg.replace("{port}", str(port)) for arg in spec.command]
+        if host_net:
+            options["network_mode"] = "host"
+        else:
+            options["ports"] = {f"{spec.port}/tcp": ("127.0.0.1", None)}
+            if spec.network != "bridge":
+                options["network"] = spec.network
+        if spec.gpu_ids:
+            options["device_requests"] = [
+                docker.types.DeviceRequest(device_ids=list(spec.gpu_ids), capabilities=[["gpu"]])
+            ]
+        container = await asyncio.to_thread(client.containers.create, spec.image, **options)
+        if spec.start:
+            try:
+                await asyncio.to_thread(container.start)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(container.remove, force=True)
+                raise
+        rows = await asyncio.to_thread(
+            client.api.containers, all=True, filters={"id": container.id}
+        )
+        if not rows:  # removed by someone else in between: report it as gone
+            return Instance(spec.replica_id, spec.pool, "exited", None, spec.gpu_ids, container.id)
+        return self._instance(rows[0])
+
+    async def stop(self, instance: Instance, timeout_s: float) -> None:
+        """SIGTERM, SIGKILL after ``timeout_s`` (whole seconds, rounded up), then remove.
+        Idempotent: a container already gone is fine. Refuses containers not ours."""
+        api = (await self._client()).api
+        ref = instance.handle or container_name(instance.replica_id)
+        try:
+            attrs = await asyncio.to_thread(api.inspect_container, ref)
+            labels = (attrs.get("Config") or {}).get("Labels") or {}
+            if labels.get(MANAGED_BY) != MANAGER or labels.get(REPLICA) != instance.replica_id:
+                log.warning("docker: not stopping %s: not our replica %s", ref, instance.replica_id)
+                return
+            cid = attrs["Id"]
+            if (attrs.get("State") or {}).get("Running"):
+                await asyncio.to_thread(api.stop, cid, timeout=max(0, math.ceil(timeout_s)))
+            await asyncio.to_thread(api.remove_container, cid, force=True)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409 and "in progress" in str(exc):
+                return  # someone (the engine, another stop) is already removing it
+            raise
+
+    def events(self) -> AsyncIterator[str]:
+        """Pool names of our containers that started, stopped, died or were removed.
+
+        Each call opens its own stream, starting from the moment of the call (a second
+        before, for clock granularity): nothing after ``events()`` is missed even though
+        the subscription itself happens on the first ``__anext__``. The stream reconnects
+        after an engine restart from the last event seen. Hints may repeat; never rely on
+        them for correctness."""
+        return self._event_stream(time.time() - 1.0)
+
+    async def close(self) -> None:
+        """End every event stream; close the client if this driver made it."""
+        self._closing.set()
+        for stream in list(self._streams):
+            with contextlib.suppress(Exception):
+                stream.close()
+        if self._owns_client and self._client_obj is not None:
+            client, self._client_obj = self._client_obj, None
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(client.close)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _instance(self, row: dict[str, Any]) -> Instance:
+        """An Instance from a row of the engine's container listing (``/containers/json``)."""
+        labels: dict[str, str] = row.get("Labels") or {}
+        state = _state(str(row.get("State", "")))
+        gpus = tuple(gpu for gpu in labels.get(GPUS, "").split(",") if gpu)
+        return Instance(
+            replica_id=labels.get(REPLICA, ""),
+            pool=labels.get(POOL, ""),
+            state=state,
+            url=self._url(row, labels) if state == "running" else None,
+            gpu_ids=gpus,
+            handle=str(row["Id"]),
+        )
+
+    def _url(self, row: dict[str, Any], labels: dict[str, str]) -> str | None:
+        try:
+            port = int(labels[PORT_LABEL])
+        except (KeyError, ValueError):
+            return None
+        if (row.get("HostConfig") or {}).get("NetworkMode") == "host":
+            return f"http://127.0.0.1:{port}"
+        if self.reach == "network":
+            networks: dict[str, Any] = (row.get("NetworkSettings") or {}).get("Networks") or {}
+            if set(networks) <= {"bridge"}:  # the default bridge has no DNS for names
+                address = (networks.get("bridge") or {}).get("IPAddress")
+                return f"http://{address}:{port}" if address else None
+            names = row.get("Names") or []
+            return f"http://{names[0].lstrip('/')}:{port}" if names else None
+        for binding in row.get("Ports") or []:
+            published = binding.get("PrivatePort") == port and binding.get("PublicPort")
+            if published and binding.get("IP") in ("127.0.0.1", None, ""):
+                return f"http://127.0.0.1:{binding['PublicPort']}"
+        return None
+
+    async def _event_stream(self, since: float) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        filters = {
+            "type": "container",
+            "label": [f"{MANAGED_BY}={MANAGER}"],
+            "event": list(EVENT_ACTIONS),
+        }
+
+        def deliver(item: object) -> None:  # called from the stream's thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        backoff = EVENTS_RETRY_S[0]
+        while not self._closing.is_set():
+            try:
+                client = await self._client()
+                stream = await asyncio.to_thread(
+                    client.api.events, since=f"{since:.9f}", filters=filters, decode=True
+                )
+            except Exception as exc:
+                log.warning("docker: cannot watch events (%s); retrying in %.1f s", exc, backoff)
+            else:
+                self._streams.add(stream)
+                threading.Thread(
+                    target=_pump, args=(stream, deliver), name="docker-events", daemon=True
+                ).start()
+                try:
+                    while (item := await queue.get()) is not _END:
+                        if isinstance(item, dict):
+                            backoff = EVENTS_RETRY_S[0]
+                            if "timeNano" in item:
+                                since = int(item["timeNano"]) / 1e9
+                            pool = ((item.get("Actor") or {}).get("Attributes") or {}).get(POOL)
+                            if pool:
+                                yield str(pool)
+                finally:
+                    self._streams.discard(stream)
+                    with contextlib.suppress(Exception):
+                        stream.close()
+                if not self._closing.is_set():
+                    log.warning("docker: event stream ended; reconnecting in %.1f s", backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), backoff)
+            backoff = min(backoff * 2, EVENTS_RETRY_S[1])
+
+
+def _pump(stream: Any, deliver: Callable[[object], None]) -> None:
+    """Thread body: hand each event of a blocking stream to the loop, then ``_END``."""
+    try:
+        for event in stream:
+            deliver(event)
+    except Exception as exc:  # a broken connection ends the stream like EOF does
+        log.debug("docker: event stream broke: %s", exc)
+    finally:
+        deliver(_END)

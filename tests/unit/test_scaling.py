@@ -1,0 +1,497 @@
+"""The autoscaler's pure decisions, driven by a fake clock (plain floats, one tick a second)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from gateway.config import Autoscale
+from gateway.scaling import (
+    Decision,
+    Plan,
+    ReplicaView,
+    Scaler,
+    ScalingRules,
+    plan,
+    replicas_for,
+)
+
+RULES = ScalingRules(
+    min_replicas=1,
+    max_replicas=20,
+    target_concurrency=4,
+    stable_window_s=60,
+    panic_window_s=6,
+    panic_threshold=2,
+    scale_down_delay_s=30,
+)
+
+
+class Sim:
+    """A pool under a load: each tick records a sample, decides, and (``follow``) acts.
+
+    New replicas become ready ``startup_s`` after their start (``math.inf``: never);
+    scale-down removes ready replicas at once.
+    """
+
+    def __init__(
+        self,
+        rules: ScalingRules = RULES,
+        ready: int = 0,
+        now: float = 1000.0,
+        startup_s: float = 0.0,
+        follow: bool = True,
+    ) -> None:
+        self.now = now
+        self.scaler = Scaler(rules, now)
+        self.ready = ready
+        self.starts: list[float] = []  # start times of the replicas still starting
+        self.startup_s = startup_s
+        self.follow = follow
+        self.log: list[tuple[float, int, Decision]] = []  # (now, capacity before, decision)
+
+    @property
+    def capacity(self) -> int:
+        return self.ready + len(self.starts)
+
+    def tick(self, load: float) -> Decision:
+        self.now += 1.0
+        up = [t for t in self.starts if self.now - t >= self.startup_s]
+        self.starts = [t for t in self.starts if self.now - t < self.startup_s]
+        self.ready += len(up)
+        self.scaler.record(self.now, load)
+        capacity = self.capacity
+        d = self.scaler.decide(self.now, self.ready, len(self.starts))
+        if self.follow:
+            if d.desired > self.capacity:
+                self.starts += [self.now] * (d.desired - self.capacity)
+            elif d.desired < self.capacity:
+                self.ready -= min(self.ready, self.capacity - d.desired)
+        self.log.append((self.now, capacity, d))
+        return d
+
+    def run(self, load: float, seconds: int) -> list[Decision]:
+        return [self.tick(load) for _ in range(seconds)]
+
+    def warm(self, load: float, ready: int) -> None:
+        """A gateway that has seen ``load`` for long enough: no warming any more."""
+        self.ready = ready
+        follow, self.follow = self.follow, False
+        self.run(
+            load, int(self.scaler.rules.stable_window_s + self.scaler.rules.scale_down_delay_s)
+        )
+        self.follow = follow
+
+
+def steady_view(n: int) -> list[ReplicaView]:
+    return [ReplicaView(f"r{i}", "ready", 1, 100.0) for i in range(n)]
+
+
+# -- rules ---------------------------------------------------------------------------------
+
+
+def test_rules_from_config() -> None:
+    rules = ScalingRules.from_config(Autoscale())
+    assert rules == ScalingRules(1, 8, 4.0, 60.0, 6.0, 2.0, 30.0)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"min_replicas": -1},
+        {"min_replicas": 5, "max_replicas": 4},
+        {"min_replicas": 0, "max_replicas": 0},
+        {"target_concurrency": 0},
+        {"panic_window_s": 61},
+        {"panic_window_s": 0},
+        {"panic_threshold": 0.5},
+        {"scale_down_delay_s": -1},
+    ],
+)
+def test_rules_refuse_nonsense(change: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        replace(RULES, **change)
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "target", "replicas"),
+    [
+        (0, 4, 0),
+        (0.01, 4, 1),
+        (4, 4, 1),
+        (4.01, 4, 2),
+        (32, 4, 8),
+        (1.1 * 3, 1.1, 3),
+        (0.3, 0.1, 3),
+    ],
+)
+def test_replicas_for(concurrency: float, target: float, replicas: int) -> None:
+    assert replicas_for(concurrency, target) == replicas
+
+
+@pytest.mark.parametrize(("now", "concurrency"), [(999.0, 1.0), (1001.0, -1.0), (1001.0, math.nan)])
+def test_record_refuses_bad_samples(now: float, concurrency: float) -> None:
+    scaler = Scaler(RULES, 1000.0)
+    scaler.record(1000.0, 1.0)
+    with pytest.raises(ValueError):
+        scaler.record(now, concurrency)
+
+
+def test_average_is_weighted_by_time() -> None:
+    scaler = Scaler(RULES, 0.0)
+    scaler.record(1.0, 10.0)  # stands for (0, 1]
+    scaler.record(1.1, 10.0)  # an extra tick (an on-demand wake-up): 0.1 s of weight
+    scaler.record(1.2, 10.0)
+    scaler.record(5.0, 0.0)  # a late tick: 3.8 s of weight
+    assert scaler.average(5.0, 60) == pytest.approx(12.0 / 5.0)
+    assert scaler.average(5.0, 4) == pytest.approx((0.2 * 10) / 4.0)  # window (1, 5]
+
+
+# -- steady load ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("load", "target", "replicas"),
+    [(8, 4, 2), (10, 4, 3), (4, 4, 1), (3.3000000000000003, 1.1, 3), (70, 4, 18)],
+)
+def test_steady_load_changes_nothing(load: float, target: float, replicas: int) -> None:
+    sim = Sim(replace(RULES, target_concurrency=target), ready=replicas)
+    for d in sim.run(load, 200):
+        assert (d.desired, d.panic, d.reason) == (replicas, False, "steady")
+    assert plan(replicas, steady_view(replicas)).converged
+
+
+# -- step up: panic ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "ready", "expected", "reason"),
+    [
+        (8, 32, 2, 8, "panic"),  # 4x: panic within the panic window
+        (6, 16, 2, 4, "panic"),  # 2x the capacity: just at the threshold
+        (8, 200, 2, 20, "max"),  # clamped, still panicking
+    ],
+)
+def test_step_up_panics_within_the_panic_window(
+    before: float, after: float, ready: int, expected: int, reason: str
+) -> None:
+    sim = Sim()
+    sim.warm(before, ready)
+    decisions = sim.run(after, int(RULES.panic_window_s))
+    assert decisions[-1].desired == expected
+    assert decisions[-1].panic
+    assert decisions[-1].reason == reason
+    assert all(b.desired >= a.desired for a, b in itertools.pairwise(decisions))
+
+
+def test_small_rise_scales_up_without_panic() -> None:
+    sim = Sim()
+    sim.warm(8, 2)
+    decisions = sim.run(12, 60)
+    assert not any(d.panic for d in decisions)
+    assert decisions[-1].desired == 3
+    assert "scale_up" in {d.reason for d in decisions}
+
+
+def test_panic_never_scales_down_and_ends_after_a_stable_window() -> None:
+    sim = Sim()
+    sim.warm(8, 2)
+    sim.run(32, 6)
+    assert sim.scaler.panicking and sim.capacity == 8
+    for d in sim.run(0, 150):  # the surge vanishes at once
+        if d.panic:
+            assert (d.desired, d.reason) == (8, "panic")
+    # the condition (panic ask >= 2 x capacity) last held early, while capacity was small
+    over = [t for t, cap, d in sim.log if d.panic_concurrency / 4 >= 2 * cap]
+    panic_until = max(t for t, _, d in sim.log if d.panic)
+    assert panic_until == max(over) + RULES.stable_window_s - 1
+    after = [(t, d) for t, _, d in sim.log if t > panic_until]
+    # out of panic, the delay window still holds the panic's recommendation ...
+    held = [d for t, d in after if t < panic_until + RULES.scale_down_delay_s]
+    assert len(held) == RULES.scale_down_delay_s - 1
+    assert all((d.desired, d.reason) == (8, "delay") for d in held)
+    # ... then the pool goes down to the floor
+    assert after[len(held)][1].desired == 1
+    assert sim.log[-1][2].desired == 1
+
+
+def test_panic_high_water_survives_capacity_loss() -> None:
+    """A replica that dies during a panic is replaced: desired stays at the high-water mark."""
+    scaler = Scaler(RULES, 0.0)
+    for t in range(1, 7):
+        scaler.record(float(t), 32.0)
+    assert scaler.decide(6.0, 2, 0).desired == 8
+    scaler.record(7.0, 8.0)
+    d = scaler.decide(7.0, 5, 0)  # three of eight were lost
+    assert (d.desired, d.panic) == (8, True)
+
+
+# -- step down: the delay ------------------------------------------------------------------
+
+
+def test_step_down_waits_for_the_delay() -> None:
+    sim = Sim()
+    sim.warm(32, 8)
+    decisions = sim.run(4, 200)
+    first_down = next(i for i, d in enumerate(decisions) if d.desired < 8)
+    assert first_down >= RULES.scale_down_delay_s
+    assert all(d.reason in ("steady", "delay") for d in decisions[:first_down])
+    assert decisions[first_down].reason == "scale_down"
+    assert not any(d.panic for d in decisions)
+    # the stable window must forget the old load, then the delay window the old advice
+    # (decisions[i] is the tick at i + 1 s: the 60th holds only the new load, and 30
+    # ticks of "1" later the old advice has left the delay window)
+    at = int(RULES.stable_window_s + RULES.scale_down_delay_s) - 1
+    assert decisions[at - 1].desired == 1 and decisions[at - 2].desired > 1
+    assert all(d.desired == 1 for d in decisions[at:])
+    desired = [d.desired for d in decisions]
+    assert desired == sorted(desired, reverse=True)  # monotone on the way down
+
+
+@pytest.mark.parametrize("dip_s", [1, 5, 15])
+def test_a_brief_dip_changes_nothing(dip_s: int) -> None:
+    rules = replace(RULES, stable_window_s=10, panic_window_s=2, scale_down_delay_s=30)
+    sim = Sim(rules)
+    sim.warm(32, 8)
+    decisions = sim.run(0, dip_s) + sim.run(32, 60)
+    assert {d.desired for d in decisions} == {8}
+
+
+def test_no_delay_scales_down_with_the_stable_average() -> None:
+    sim = Sim(replace(RULES, scale_down_delay_s=0))
+    sim.warm(32, 8)
+    decisions = sim.run(4, 61)
+    assert decisions[9].desired == 7  # the 60 s average of 51 x 32 + 9 x 4 asks for 7
+    assert decisions[-1].desired == 1
+
+
+# -- slow starts ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("startup_s", [math.inf, 30.0, 90.0])
+@pytest.mark.parametrize(("load", "ready", "expected"), [(32, 2, 8), (40, 1, 10), (12, 1, 3)])
+def test_starting_replicas_count_as_capacity(
+    startup_s: float, load: float, ready: int, expected: int
+) -> None:
+    sim = Sim(startup_s=startup_s)
+    sim.warm(4 * ready, ready)
+    decisions = sim.run(load, 300)
+    assert max(d.desired for d in decisions) == expected
+    assert decisions[-1].desired == expected
+    assert sim.capacity == expected
+
+
+def test_starting_replicas_end_the_panic() -> None:
+    """Two ready replicas and six that never finish starting: the panic asked for eight,
+    and eight are coming, so the condition stops holding and the panic ends a stable
+    window later; had only ready replicas counted, it would go on panicking."""
+    sim = Sim(startup_s=math.inf)
+    sim.warm(8, 2)
+    decisions = sim.run(32, 200)
+    assert decisions[5].panic and not decisions[-1].panic
+    assert (sim.ready, sim.capacity, decisions[-1].reason) == (2, 8, "steady")
+    ready_only = sim.scaler.decide(sim.now, sim.ready, 0)
+    assert (ready_only.desired, ready_only.panic) == (8, True)
+
+
+# -- clamps --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("min_r", "max_r", "load", "ready", "desired", "reason"),
+    [
+        (2, 8, 0, 2, 2, "min"),
+        (2, 8, 4, 2, 2, "min"),
+        (3, 8, 0, 0, 3, "min"),  # an empty pool with a floor: started, no demand needed
+        (1, 5, 100, 5, 5, "max"),
+        (1, 3, 32, 8, 3, "max"),  # after a reload lowered the ceiling
+        (1, 8, 20, 5, 5, "steady"),
+    ],
+)
+def test_clamps(min_r: int, max_r: int, load: float, ready: int, desired: int, reason: str) -> None:
+    sim = Sim(replace(RULES, min_replicas=min_r, max_replicas=max_r), follow=False)
+    sim.warm(load, ready)
+    d = sim.tick(load)
+    assert (d.desired, d.reason) == (desired, reason)
+
+
+def test_reload_keeps_history() -> None:
+    sim = Sim()
+    sim.warm(32, 8)
+    sim.scaler.rules = replace(RULES, target_concurrency=8)
+    d = sim.tick(32)
+    assert d.stable_concurrency == pytest.approx(32)  # no refill of the window
+    assert (d.desired, d.reason) == (8, "delay")  # and no immediate drop either
+    assert sim.run(32, 31)[-1].desired == 4
+
+
+# -- zero ----------------------------------------------------------------------------------
+
+
+def test_scale_to_zero_only_after_the_delay() -> None:
+    sim = Sim(replace(RULES, min_replicas=0))
+    sim.warm(1, 1)
+    last_demand = sim.now
+    decisions = sim.run(0, 200)
+    zero_at = next(t for t, _, d in sim.log if d.desired == 0)
+    # the stable average is 0 from one window after the last demand on (+60 s), and 30
+    # ticks recommending 0 (+60 s ... +89 s) fill the delay window
+    assert zero_at - last_demand == RULES.stable_window_s + RULES.scale_down_delay_s - 1
+    first = next(d for d in decisions if d.desired == 0)
+    assert first.reason == "to_zero" and first.stable_concurrency == 0
+    assert decisions[-1].desired == 0 and decisions[-1].reason == "steady"
+
+
+def test_no_scale_to_zero_while_demand_trickles() -> None:
+    sim = Sim(replace(RULES, min_replicas=0))
+    sim.warm(1, 1)
+    for _ in range(5):
+        assert {d.desired for d in sim.run(0, 50) + sim.run(1, 1)} == {1}
+
+
+@pytest.mark.parametrize(
+    ("idle_s", "load", "desired"),
+    [
+        (0, 1, 1),  # at gateway start: the history is just this sample
+        (0, 32, 8),
+        (500, 1, 1),  # after long idleness: the windows are mostly zeros, still >= 1 now
+        (500, 32, 2),  # the panic window's share of the demand
+        (500, 0.001, 1),
+    ],
+)
+def test_scale_from_zero_at_the_first_sample(idle_s: int, load: float, desired: int) -> None:
+    sim = Sim(replace(RULES, min_replicas=0), startup_s=math.inf)
+    sim.run(0, idle_s)
+    assert sim.capacity == 0
+    d = sim.tick(load)
+    assert (d.desired, d.reason) == (desired, "from_zero")
+    # while the first replicas start and requests wait, nothing goes back to zero
+    assert min(d.desired for d in sim.run(load, 120)) >= desired
+
+
+def test_from_zero_even_when_the_sample_has_no_weight_yet() -> None:
+    scaler = Scaler(replace(RULES, min_replicas=0), 0.0)
+    scaler.record(0.0, 3.0)  # recorded at the very instant the history starts
+    d = scaler.decide(0.0, 0, 0)
+    assert (d.desired, d.reason) == (1, "from_zero")
+
+
+# -- restart -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("stable_s", "delay_s"), [(60, 30), (60, 0), (30, 90)])
+def test_restart_with_empty_history_holds_the_adopted_replicas(stable_s: int, delay_s: int) -> None:
+    rules = replace(RULES, stable_window_s=stable_s, panic_window_s=6, scale_down_delay_s=delay_s)
+    sim = Sim(rules, ready=5)  # a restarted gateway adopted five replicas
+    decisions = sim.run(1, 200)
+    hold = max(stable_s, delay_s)
+    assert all((d.desired, d.reason) == (5, "warming") for d in decisions[: hold - 1])
+    assert (decisions[hold - 1].desired, decisions[hold - 1].reason) == (1, "scale_down")
+
+
+@pytest.mark.parametrize(("load", "desired", "reason"), [(30, 8, "scale_up"), (60, 15, "panic")])
+def test_restart_still_scales_up_while_warming(load: float, desired: int, reason: str) -> None:
+    sim = Sim(ready=5)
+    d = sim.tick(load)
+    assert (d.desired, d.reason) == (desired, reason)
+
+
+def test_a_stalled_history_is_no_evidence_either() -> None:
+    """No sample in the stable window (the sampler stalled): hold, never scale down."""
+    scaler = Scaler(RULES, 0.0)
+    scaler.record(1.0, 1.0)
+    d = scaler.decide(500.0, 5, 0)
+    assert (d.desired, d.reason) == (5, "warming")
+
+
+# -- invariants under a random load --------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_invariants_under_a_random_walk(seed: int) -> None:
+    rng = random.Random(seed)
+    rules = replace(RULES, min_replicas=rng.choice([0, 1, 2]), max_replicas=12)
+    sim = Sim(rules, ready=3, startup_s=rng.choice([0.0, 5.0, 40.0]))
+    load = 10.0
+    for _ in range(600):
+        load = max(0.0, load + rng.choice([-1, 1]) * rng.random() * 8 + (rng.random() < 0.02) * 40)
+        capacity = sim.capacity
+        d = sim.tick(load)
+        assert rules.min_replicas <= d.desired <= rules.max_replicas
+        if d.panic:
+            assert d.desired >= min(capacity, rules.max_replicas)
+        if sim.now - 1000.0 < rules.stable_window_s:
+            assert d.desired >= min(capacity, rules.max_replicas)
+
+
+# -- plan ----------------------------------------------------------------------------------
+
+
+def ready(rid: str, inflight: int = 0, age_s: float = 100.0) -> ReplicaView:
+    return ReplicaView(rid, "ready", inflight, age_s)
+
+
+def starting(rid: str) -> ReplicaView:
+    return ReplicaView(rid, "starting", 0, 1.0)
+
+
+def failed(rid: str) -> ReplicaView:
+    return ReplicaView(rid, "failed", 0, 50.0)
+
+
+def draining(rid: str) -> ReplicaView:
+    return ReplicaView(rid, "draining", 1, 50.0)
+
+
+@pytest.mark.parametrize(
+    ("desired", "replicas", "expected"),
+    [
+        (2, [ready("a"), ready("b")], Plan(0, (), ())),
+        (4, [ready("a"), ready("b")], Plan(2, (), ())),
+        (2, [ready("a"), starting("b")], Plan(0, (), ())),
+        (3, [ready("a"), starting("b")], Plan(1, (), ())),
+        # scale-down: the idle ones first, then the youngest; never a starting one
+        (1, [ready("a", 3), ready("b"), ready("c", age_s=5)], Plan(0, ("c", "b"), ())),
+        (2, [ready("a", 3), ready("b", 1), ready("c", 2)], Plan(0, ("b",), ())),
+        (1, [ready("a", 2), ready("b", 2, 9), ready("c", 2, 20)], Plan(0, ("b", "c"), ())),
+        (0, [ready("a"), ready("b")], Plan(0, ("a", "b"), ())),
+        (0, [starting("a"), ready("b", 9), starting("c")], Plan(0, ("b",), ())),
+        # never fewer ready ones than desired, for starting ones that may yet fail
+        (1, [starting("a"), ready("b", 9), starting("c")], Plan(0, (), ())),
+        (2, [ready("a"), ready("b"), starting("c"), starting("d")], Plan(0, (), ())),
+        (2, [ready("a"), ready("b"), ready("c"), starting("d")], Plan(0, ("a",), ())),
+        # failed: removed and replaced; draining ones count for nothing
+        (2, [ready("a"), failed("b")], Plan(1, (), ("b",))),
+        (2, [failed("a"), failed("b")], Plan(2, (), ("a", "b"))),
+        (1, [ready("a"), ready("b"), failed("c")], Plan(0, ("a",), ("c",))),
+        (2, [ready("a"), draining("b"), draining("c")], Plan(1, (), ())),
+        (1, [ready("a"), draining("b")], Plan(0, (), ())),
+        (0, [], Plan(0, (), ())),
+        (3, [], Plan(3, (), ())),
+    ],
+)
+def test_plan(desired: int, replicas: list[ReplicaView], expected: Plan) -> None:
+    assert plan(desired, replicas) == expected
+
+
+@pytest.mark.parametrize(
+    ("p", "converged"),
+    [
+        (Plan(0, (), ()), True),
+        (Plan(1, (), ()), False),
+        (Plan(0, ("a",), ()), False),
+        (Plan(0, (), ("a",)), False),
+    ],
+)
+def test_converged(p: Plan, converged: bool) -> None:
+    assert p.converged is converged
+
+
+def test_plan_refuses_negative() -> None:
+    with pytest.raises(ValueError):
+        plan(-1, [])
