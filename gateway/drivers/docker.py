@@ -15,7 +15,9 @@ for. Nothing is ever looked up or removed by a broad name.
 
 Reaching a replica (``Instance.url``, set only while a container is running):
 - network ``host``: the driver picks a free host port, passes it as ``$PORT`` (and in place
-  of ``{port}`` in the command); the URL is ``http://127.0.0.1:<port>``;
+  of ``{port}`` in the command), and ``HOST=127.0.0.1`` unless ``spec.env`` sets one, so a
+  replica is not exposed on the host's public interfaces; the URL is
+  ``http://127.0.0.1:<port>``;
 - any other network: the server listens on ``spec.port`` (also passed as ``$PORT``), which
   is published on 127.0.0.1 on a port the engine picks. ``reach="published"`` (the gateway
   runs on the host) uses that loopback port; ``reach="network"`` (the gateway runs in a
@@ -107,6 +109,7 @@ class DockerDriver:
         self._client_lock = asyncio.Lock()
         self._closing = asyncio.Event()
         self._streams: set[Any] = set()
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     async def _client(self) -> Any:
         if self._client_obj is None:
@@ -133,8 +136,9 @@ class DockerDriver:
         return [self._instance(row) for row in rows]
 
     async def start(self, spec: ReplicaSpec) -> Instance:
-        """Create, then start unless ``spec.start`` is False. A container whose start fails
-        is removed again, so a retry of the same spec never meets a name conflict."""
+        """Create, then start unless ``spec.start`` is False. A start that fails or is
+        cancelled removes its container again: no orphan the caller does not know of, and a
+        retry of the same spec never meets a name conflict."""
         client = await self._client()
         host_net = spec.network == "host"
         port = _free_port() if host_net else spec.port
@@ -145,10 +149,13 @@ class DockerDriver:
             GPUS: ",".join(spec.gpu_ids),
             PORT_LABEL: str(port),
         }
+        env = {**spec.env, "PORT": str(port)}
+        if host_net:  # sharing the host's interfaces: listen on loopback unless told otherwise
+            env.setdefault("HOST", "127.0.0.1")
         options: dict[str, Any] = {
             "name": container_name(spec.replica_id),
             "labels": labels,
-            "environment": {**spec.env, "PORT": str(port)},
+            "environment": env,
             "init": self.init,
         }
         if spec.command:
@@ -163,17 +170,24 @@ class DockerDriver:
             options["device_requests"] = [
                 docker.types.DeviceRequest(device_ids=list(spec.gpu_ids), capabilities=[["gpu"]])
             ]
-        container = await asyncio.to_thread(client.containers.create, spec.image, **options)
-        if spec.start:
-            try:
-                await asyncio.to_thread(container.start)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(container.remove, force=True)
-                raise
-        rows = await asyncio.to_thread(
-            client.api.containers, all=True, filters={"id": container.id}
+        creating = asyncio.ensure_future(
+            asyncio.to_thread(client.containers.create, spec.image, **options)
         )
+        try:
+            container = await asyncio.shield(creating)
+        except asyncio.CancelledError:  # the thread goes on: remove what it creates
+            creating.add_done_callback(self._discard_created)
+            raise
+        try:
+            if spec.start:
+                await asyncio.to_thread(container.start)
+            rows = await asyncio.to_thread(
+                client.api.containers, all=True, filters={"id": container.id}
+            )
+        except BaseException:  # failed or cancelled: the caller will not know this replica
+            with contextlib.suppress(Exception):
+                await asyncio.shield(asyncio.to_thread(container.remove, force=True))
+            raise
         if not rows:  # removed by someone else in between: report it as gone
             return Instance(spec.replica_id, spec.pool, "exited", None, spec.gpu_ids, container.id)
         return self._instance(rows[0])
@@ -208,11 +222,13 @@ class DockerDriver:
         the subscription itself happens on the first ``__anext__``. The stream reconnects
         after an engine restart from the last event seen. Hints may repeat; never rely on
         them for correctness."""
-        return self._event_stream(time.time() - 1.0)
+        return self._event_stream(f"{time.time() - 1.0:.9f}")
 
     async def close(self) -> None:
         """End every event stream; close the client if this driver made it."""
         self._closing.set()
+        if self._cleanups:
+            await asyncio.wait(self._cleanups, timeout=10)
         for stream in list(self._streams):
             with contextlib.suppress(Exception):
                 stream.close()
@@ -222,6 +238,21 @@ class DockerDriver:
                 await asyncio.to_thread(client.close)
 
     # -- helpers -----------------------------------------------------------------------
+
+    def _discard_created(self, creating: asyncio.Future[Any]) -> None:
+        """A start cancelled while its container was being created must not leave that
+        container behind, unseen by the autoscaler until the next restart."""
+        if creating.cancelled() or creating.exception() is not None:
+            return
+        container = creating.result()
+
+        async def remove() -> None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(container.remove, force=True)
+
+        task = asyncio.ensure_future(remove())
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
 
     def _instance(self, row: dict[str, Any]) -> Instance:
         """An Instance from a row of the engine's container listing (``/containers/json``)."""
@@ -257,7 +288,8 @@ class DockerDriver:
                 return f"http://127.0.0.1:{binding['PublicPort']}"
         return None
 
-    async def _event_stream(self, since: float) -> AsyncIterator[str]:
+    async def _event_stream(self, since: str) -> AsyncIterator[str]:
+        """``since``: the engine's ``seconds.nanoseconds`` form, exact on reconnects."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         filters = {
@@ -275,7 +307,7 @@ class DockerDriver:
             try:
                 client = await self._client()
                 stream = await asyncio.to_thread(
-                    client.api.events, since=f"{since:.9f}", filters=filters, decode=True
+                    client.api.events, since=since, filters=filters, decode=True
                 )
             except Exception as exc:
                 log.warning("docker: cannot watch events (%s); retrying in %.1f s", exc, backoff)
@@ -289,7 +321,8 @@ class DockerDriver:
                         if isinstance(item, dict):
                             backoff = EVENTS_RETRY_S[0]
                             if "timeNano" in item:
-                                since = int(item["timeNano"]) / 1e9
+                                seconds, nanos = divmod(int(item["timeNano"]), 10**9)
+                                since = f"{seconds}.{nanos:09d}"
                             pool = ((item.get("Actor") or {}).get("Attributes") or {}).get(POOL)
                             if pool:
                                 yield str(pool)

@@ -4,8 +4,10 @@ The no-Docker runtime, for the quick start and for fast tests, with the Docker d
 semantics: the autoscaler cannot tell them apart. Where containers carry labels, a
 process carries a small JSON record in ``state_dir`` (pool, replica id, pid, port, GPU
 ids, and the kernel's start time of the pid, so a recycled pid is never mistaken for
-ours). Each child runs in a session of its own, so it outlives a gateway that is killed,
-and the next gateway adopts it from its record, as it adopts containers.
+ours). In the command, ``{port}`` is replaced by a free loopback port and ``{python}`` by
+the gateway's own interpreter. Each child runs in a session of its own, so it outlives a
+gateway that is killed, and the next gateway adopts it from its record, as it adopts
+containers.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -56,7 +59,10 @@ class ProcessDriver:
 
     async def start(self, spec: ReplicaSpec) -> Instance:
         port = free_port()
-        argv = [arg.replace("{port}", str(port)) for arg in spec.command]
+        argv = [
+            arg.replace("{port}", str(port)).replace("{python}", sys.executable)
+            for arg in spec.command
+        ]
         env = {**os.environ, **spec.env, "PORT": str(port)}
         if spec.gpu_ids:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpu_ids)

@@ -1,0 +1,136 @@
+"""Subprocesses for benchmarks: sim backends and gateways, started, watched and stopped.
+
+``Procs`` owns every process it starts and stops them all, newest first, when its ``with``
+block ends, however it ends: SIGTERM to each PID, then SIGKILL to those that outlive
+``grace_s``. Output goes to one log file per process, whose tail is shown when a process
+fails to come up. Nothing here signals a process it did not start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import yaml
+
+
+class Procs:
+    """The subprocesses of one benchmark run; a context manager that stops them all."""
+
+    def __init__(self, log_dir: Path | None = None, grace_s: float = 10.0) -> None:
+        self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="load-"))
+        self.grace_s = grace_s
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        """Start ``args`` with stdout and stderr in ``<log_dir>/<name>.log``."""
+        with open(self.log_path(name), "wb") as log:
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self.procs[name] = proc
+        return proc
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        try:
+            text = self.log_path(name).read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop_all(self) -> None:
+        """Terminate every process, newest first; kill those still alive after the grace."""
+        for name, proc in reversed(list(self.procs.items())):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(self.grace_s)
+                except subprocess.TimeoutExpired:
+                    print(f"{name} (pid {proc.pid}) ignored SIGTERM; killing it", file=sys.stderr)
+                    proc.kill()
+                    proc.wait()
+        self.procs.clear()
+
+    def __enter__(self) -> Procs:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop_all()
+
+
+async def wait_for_url(
+    url: str,
+    *,
+    within: float = 30.0,
+    interval: float = 0.1,
+    proc: subprocess.Popen[bytes] | None = None,
+    method: str = "GET",
+    body: bytes | None = None,
+) -> None:
+    """Poll ``url`` until it answers 200; raise RuntimeError after ``within`` seconds or
+    as soon as ``proc`` (the process that should serve it) has exited."""
+    deadline = time.monotonic() + within
+    last = "no answer"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while True:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"{url}: the server exited with {proc.returncode}")
+            try:
+                async with session.request(method, url, data=body) as resp:
+                    if resp.status == 200:
+                        return
+                    last = f"HTTP {resp.status}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                last = type(exc).__name__
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url}: not ready within {within:g} s ({last})")
+            await asyncio.sleep(interval)
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def python(module: str, *args: str) -> list[str]:
+    """The command line running ``module`` with this interpreter."""
+    return [sys.executable, "-m", module, *args]
+
+
+def sim_command(ports: list[int], **settings: Any) -> list[str]:
+    """``python -m backends.sim --ports ...`` with settings as flags (``service_ms=1``)."""
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in settings.items()]
+    return python("backends.sim", "--ports", ",".join(map(str, ports)), *flags)
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux), or None when unknown."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None

@@ -1,0 +1,267 @@
+"""The Docker driver against a real engine, with the sim image built from this repository.
+
+Every test works in a pool of its own with a random name, so parallel runs (and other
+engineers' containers) never collide; a finalizer removes whatever carries our labels for
+that pool, and only that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import docker
+import docker.errors
+import pytest
+
+from gateway.drivers import GPUS, MANAGED_BY, MANAGER, POOL, REPLICA, Instance, ReplicaSpec
+from gateway.drivers.docker import PORT_LABEL, DockerDriver, container_name
+from tests.conftest import eventually
+
+pytestmark = pytest.mark.docker
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+IMAGE = "inference-backend:latest"
+READY_WITHIN_S = 30.0
+
+
+@pytest.fixture(scope="session")
+def client() -> Iterator[Any]:
+    client = docker.from_env()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def image(client: Any) -> str:
+    """The sim image, built from the repo once per session (layers cached by the engine)."""
+    client.images.build(
+        path=str(REPO_ROOT), dockerfile="backends/Dockerfile", tag=IMAGE, rm=True, forcerm=True
+    )
+    return IMAGE
+
+
+@pytest.fixture
+def pool(client: Any) -> Iterator[str]:
+    """A pool name no other run uses; afterwards every container of it is removed."""
+    name = f"dtest-{secrets.token_hex(4)}"
+    yield name
+    for container in client.containers.list(
+        all=True, filters={"label": [f"{MANAGED_BY}={MANAGER}", f"{POOL}={name}"]}
+    ):
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
+
+
+@pytest.fixture
+async def driver() -> AsyncIterator[DockerDriver]:
+    driver = DockerDriver()
+    yield driver
+    await driver.close()
+
+
+def _spec(pool: str, image: str, **kwargs: Any) -> ReplicaSpec:
+    return ReplicaSpec(
+        pool=pool, replica_id=f"{pool}-{secrets.token_hex(3)}", image=image, **kwargs
+    )
+
+
+async def _wait_healthy(url: str, within: float = READY_WITHIN_S) -> None:
+    deadline = time.monotonic() + within
+    last: object = None
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(
+                    f"{url}/health", timeout=aiohttp.ClientTimeout(total=1)
+                ) as resp:
+                    if resp.status == 200:
+                        return
+                    last = resp.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                last = exc
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{url}/health not 200 within {within} s (last: {last!r})")
+
+
+async def test_start_list_health_stop(driver: DockerDriver, pool: str, image: str) -> None:
+    spec = _spec(pool, image, network="bridge", env={"SIM_EXAMPLE": "1"})
+    started = await driver.start(spec)
+
+    assert started.state == "running"
+    assert started.url is not None and started.url.startswith("http://127.0.0.1:")
+    assert (started.replica_id, started.pool, started.gpu_ids) == (spec.replica_id, pool, ())
+    assert await driver.list(pool) == [started]  # the URL is known as soon as start returns
+
+    await _wait_healthy(started.url)
+
+    await driver.stop(started, timeout_s=10)
+    assert await driver.list(pool) == []
+    await driver.stop(started, timeout_s=10)  # idempotent: already gone
+
+
+async def test_container_carries_our_labels_and_publishes_on_loopback_only(
+    driver: DockerDriver, pool: str, image: str, client: Any
+) -> None:
+    spec = _spec(pool, image, network="bridge")
+    instance = await driver.start(spec)
+    attrs = client.api.inspect_container(instance.handle)
+
+    labels = attrs["Config"]["Labels"]
+    assert labels[MANAGED_BY] == MANAGER
+    assert labels[POOL] == pool
+    assert labels[REPLICA] == spec.replica_id
+    assert labels[GPUS] == ""
+    assert labels[PORT_LABEL] == "8000"
+    assert attrs["Name"] == "/" + container_name(spec.replica_id)
+    assert "PORT=8000" in attrs["Config"]["Env"]
+    bindings = attrs["HostConfig"]["PortBindings"]["8000/tcp"]
+    assert [b["HostIp"] for b in bindings] == ["127.0.0.1"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [(), ("python", "-m", "backends.sim", "--host", "127.0.0.1", "--port", "{port}")],
+    ids=["image-cmd", "command-with-port"],
+)
+async def test_host_network_gets_a_free_loopback_port_through_env_and_command(
+    driver: DockerDriver, pool: str, image: str, client: Any, command: tuple[str, ...]
+) -> None:
+    instance = await driver.start(_spec(pool, image, network="host", command=command))
+
+    assert instance.url is not None and instance.url.startswith("http://127.0.0.1:")
+    port = instance.url.rsplit(":", 1)[1]
+    attrs = client.api.inspect_container(instance.handle)
+    assert attrs["HostConfig"]["NetworkMode"] == "host"
+    env = attrs["Config"]["Env"]
+    assert f"PORT={port}" in env and "HOST=127.0.0.1" in env
+    if command:
+        assert attrs["Config"]["Cmd"][-1] == port  # {port} was substituted
+    await _wait_healthy(instance.url)
+
+
+async def test_named_network_is_joined_and_reachable_by_name_in_network_mode(
+    pool: str, image: str, client: Any
+) -> None:
+    network = client.networks.create(f"{pool}-net", labels={MANAGED_BY: MANAGER})
+    driver = DockerDriver(reach="network")
+    try:
+        spec = _spec(pool, image, network=network.name, port=8000)
+        instance = await driver.start(spec)
+        assert instance.url == f"http://{container_name(spec.replica_id)}:8000"
+        attrs = client.api.inspect_container(instance.handle)
+        assert network.name in attrs["NetworkSettings"]["Networks"]
+        # still published on loopback, so a gateway on the host reaches it as well
+        published = (await DockerDriver(client).list(pool))[0].url
+        assert published is not None and published.startswith("http://127.0.0.1:")
+        await _wait_healthy(published)
+        await driver.stop(instance, timeout_s=5)
+    finally:
+        await driver.close()
+        for container in client.containers.list(
+            all=True, filters={"label": [f"{MANAGED_BY}={MANAGER}", f"{POOL}={pool}"]}
+        ):  # the pool fixture runs later; the network must be empty before removal
+            container.remove(force=True)
+        network.remove()
+
+
+async def test_gpu_replica_is_created_with_device_requests_by_id(
+    driver: DockerDriver, pool: str, image: str, client: Any
+) -> None:
+    spec = _spec(pool, image, network="bridge", gpu_ids=("1", "3"), start=False)
+    instance = await driver.start(spec)
+
+    assert (instance.state, instance.url, instance.gpu_ids) == ("created", None, ("1", "3"))
+    attrs = client.api.inspect_container(instance.handle)
+    [request] = attrs["HostConfig"]["DeviceRequests"]
+    assert request["DeviceIDs"] == ["1", "3"]
+    assert request["Capabilities"] == [["gpu"]]
+    assert attrs["Config"]["Labels"][GPUS] == "1,3"
+    assert await driver.list(pool) == [instance]  # gpu ids come back from the label
+
+    await driver.stop(instance, timeout_s=1)
+    assert await driver.list(pool) == []
+
+
+async def test_a_failed_start_leaves_no_container(
+    driver: DockerDriver, pool: str, image: str
+) -> None:
+    # This engine has no GPU runtime, so starting a GPU container fails (on a GPU host,
+    # device 999 does not exist either); the created container must not be left behind.
+    with pytest.raises(docker.errors.APIError):
+        await driver.start(_spec(pool, image, network="bridge", gpu_ids=("999",)))
+    assert await driver.list(pool) == []
+
+    with pytest.raises(docker.errors.ImageNotFound):
+        await driver.start(_spec(pool, "igw-no-such-image:never", network="bridge"))
+    assert await driver.list(pool) == []
+
+
+@pytest.mark.parametrize("after_s", [0.0, 0.02, 0.1, 0.3])
+async def test_a_cancelled_start_leaves_no_container(
+    driver: DockerDriver, pool: str, image: str, after_s: float
+) -> None:
+    # The reconcile loop's tasks are cancelled on shutdown, at any point of a start.
+    start = asyncio.create_task(driver.start(_spec(pool, image, network="bridge")))
+    await asyncio.sleep(after_s)
+    start.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await start  # may also have finished first: then it is a normal replica
+    if start.cancelled():
+        deadline = time.monotonic() + 10
+        while await driver.list(pool):
+            assert time.monotonic() < deadline, "the cancelled start left a container"
+            await asyncio.sleep(0.05)
+
+
+async def test_events_yield_the_pool_of_a_killed_container(
+    driver: DockerDriver, pool: str, image: str, client: Any
+) -> None:
+    seen: list[str] = []
+
+    async def collect() -> None:
+        async for name in driver.events():
+            seen.append(name)
+
+    collector = asyncio.create_task(collect())
+    try:
+        instance = await driver.start(_spec(pool, image, network="bridge"))
+        await eventually(lambda: pool in seen, within=10)  # its "start"
+        seen.clear()
+
+        client.containers.get(instance.handle).kill()
+
+        await eventually(lambda: pool in seen, within=10)  # its "die"
+        [after] = await driver.list(pool)
+        assert (after.state, after.url) == ("exited", None)
+        await driver.stop(after, timeout_s=1)  # removing an exited replica works too
+        assert await driver.list(pool) == []
+    finally:
+        await driver.close()  # ends the stream: the iterator finishes by itself
+        await asyncio.wait_for(collector, 5)
+
+
+async def test_containers_without_our_labels_are_never_listed_or_stopped(
+    driver: DockerDriver, pool: str, image: str, client: Any
+) -> None:
+    # A look-alike: same pool and replica labels, same name scheme, but not managed by us.
+    replica_id = f"{pool}-foreign"
+    foreign = client.containers.create(
+        image,
+        name=container_name(replica_id),
+        labels={POOL: pool, REPLICA: replica_id, MANAGED_BY: "someone-else"},
+    )
+    try:
+        assert await driver.list(pool) == []
+        for handle in (foreign.id, ""):  # by id, and by the name the driver would use
+            await driver.stop(Instance(replica_id, pool, "created", None, (), handle), 1)
+        foreign.reload()  # still there
+        assert foreign.status == "created"
+    finally:
+        foreign.remove(force=True)
