@@ -51,6 +51,7 @@ HOP_BY_HOP = frozenset(
         "Content-Length",
     )
 )
+CLIENT_CLOSED = 499  # nginx's status for a client that left before its answer was complete
 BUFFER_LIMIT = 64 * 1024  # responses up to this size with a known length go out in one write
 
 
@@ -283,7 +284,13 @@ class Proxy:
                     raise  # the client sees a cut-off body, never a clean end
                 if not chunk:
                     break
-                await stream.write(chunk)
+                try:
+                    await stream.write(chunk)
+                except ConnectionResetError:  # the client went away: not the replica's fault
+                    self.recorder.request_done(
+                        pool.name, replica.id, CLIENT_CLOSED, self.clock() - started
+                    )
+                    return stream
             await stream.write_eof()
             return self._finish(pool, replica.id, started, stream)
         finally:

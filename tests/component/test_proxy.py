@@ -8,6 +8,7 @@ import orjson
 from aiohttp import web
 
 from tests.component.conftest import ok_handler, pool_config
+from tests.conftest import eventually
 
 
 async def echo(request: web.Request) -> web.Response:
@@ -163,3 +164,26 @@ async def test_healthz(gateway, client) -> None:
     gw = await gateway(pool_config(["http://127.0.0.1:1"]))
     async with client.get(f"{gw.url}/healthz") as resp:
         assert resp.status == 200
+
+
+async def test_a_client_leaving_mid_stream_is_not_held_against_the_replica(
+    backend, gateway, client
+) -> None:
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i in range(50):
+            await resp.write(b"data: %d\n\n" % i)
+            await asyncio.sleep(0.02)
+        return resp
+
+    b = await backend(endless)
+    gw = await gateway(pool_config([b.url]))
+    resp = await client.post(f"{gw.url}/predict")
+    await resp.content.readuntil(b"\n\n")
+    resp.close()  # hang up mid-stream
+    replica = next(iter(gw.pools["default"].replicas.values()))
+    await eventually(lambda: replica.inflight == 0, within=5)
+    assert replica.health.failures == 0
+    text = gw.recorder.exposition().decode()
+    assert 'code="4xx"' in text  # counted as 499, client closed
