@@ -63,11 +63,14 @@ class Bench:
         self.gateway = [f"http://127.0.0.1:{args.gateway_port}/predict"]
 
     async def measure(self, urls: list[str], rate: float, duration: float) -> dict[str, Any]:
-        """One load run, with the CPU share each process used during it (1.0 = one core)."""
+        """One load run, with the CPU share each process used during it (1.0 = one core).
+        The arrival times depend on the rate only: direct and gateway runs get the same."""
         pids = {name: proc.pid for name, proc in self.procs.procs.items()}
         pids["loadgen"] = os.getpid()
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        summary = await run_load(urls, rate, duration, request_timeout=self.args.timeout)
+        summary = await run_load(
+            urls, rate, duration, request_timeout=self.args.timeout, seed=int(rate)
+        )
         cpu: dict[str, float] = {}
         for name, pid in pids.items():
             after, start = cpu_seconds(pid), before[name]
