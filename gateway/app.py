@@ -54,13 +54,14 @@ class Gateway:
         config: Config,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        drivers: dict[str, Driver] | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
         self.rng = rng or random.Random()
         self.pools: dict[str, Pool] = {}
         self.autoscalers: dict[str, PoolAutoscaler] = {}
-        self.drivers: dict[str, Driver] = {}
+        self.drivers: dict[str, Driver] = dict(drivers or {})  # made on demand if not given
         self.ledger = GpuLedger([])
         self.recorder = PrometheusRecorder(self)
         self._tasks: list[asyncio.Task[None]] = []

@@ -218,13 +218,16 @@ class PoolAutoscaler:
 
     async def _await_ready(self, member: Member) -> None:
         """Poll the replica's health path until it answers 2xx, then add it to the pool."""
-        assert member.instance is not None and member.instance.url is not None
-        url = member.instance.url
         health = self.pool.settings.health
         deadline = member.since + self.settings.startup_timeout_s
+        url = None
         while self.clock() < deadline:
             if member.state != "starting":
                 return
+            url = url or await self._url_of(member)
+            if url is None:  # not running yet (a created-only container has no address)
+                await asyncio.sleep(READY_POLL_S)
+                continue
             try:
                 async with self.session.get(
                     url + health.path, timeout=aiohttp.ClientTimeout(total=health.timeout_s)
@@ -238,6 +241,7 @@ class PoolAutoscaler:
             self._start_failed("startup_timeout", member.replica_id)
             self._fail(member, "did not become healthy in time")
             return
+        assert url is not None
         startup_s = self.clock() - member.since
         self._failures = 0
         self._startup_times.append(startup_s)
@@ -260,6 +264,15 @@ class PoolAutoscaler:
             self.pool.name, reason, detail, backoff,
         )  # fmt: skip
         self.recorder.start_failed(self.pool.name, reason)
+
+    async def _url_of(self, member: Member) -> str | None:
+        if member.instance is not None and member.instance.url is not None:
+            return member.instance.url
+        for instance in await self.driver.list(self.pool.name):
+            if instance.replica_id == member.replica_id:
+                member.instance = instance
+                return instance.url
+        return None
 
     async def _drain(self, member: Member, reason: str) -> None:
         """No new requests; wait for in-flight ones (bounded), then stop and remove."""

@@ -11,8 +11,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -26,37 +25,7 @@ from tests.conftest import eventually
 
 pytestmark = pytest.mark.docker
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-IMAGE = "inference-backend:latest"
 READY_WITHIN_S = 30.0
-
-
-@pytest.fixture(scope="session")
-def client() -> Iterator[Any]:
-    client = docker.from_env()
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="session")
-def image(client: Any) -> str:
-    """The sim image, built from the repo once per session (layers cached by the engine)."""
-    client.images.build(
-        path=str(REPO_ROOT), dockerfile="backends/Dockerfile", tag=IMAGE, rm=True, forcerm=True
-    )
-    return IMAGE
-
-
-@pytest.fixture
-def pool(client: Any) -> Iterator[str]:
-    """A pool name no other run uses; afterwards every container of it is removed."""
-    name = f"dtest-{secrets.token_hex(4)}"
-    yield name
-    for container in client.containers.list(
-        all=True, filters={"label": [f"{MANAGED_BY}={MANAGER}", f"{POOL}={name}"]}
-    ):
-        with contextlib.suppress(docker.errors.NotFound):
-            container.remove(force=True)
 
 
 @pytest.fixture
