@@ -9,11 +9,11 @@ from dataclasses import replace
 
 import aiohttp
 import pytest
-from gateway.gpus import GpuLedger
 
 from gateway import config
 from gateway.autoscaler import PoolAutoscaler
 from gateway.drivers import Instance, ReplicaSpec
+from gateway.gpus import GpuLedger
 from gateway.policies import make_policy
 from gateway.pool import Pool
 from tests.component.conftest import ok_handler
