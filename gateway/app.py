@@ -1,15 +1,22 @@
 """The composition root: builds every part from a ``Config`` and owns their lifecycle.
 
 Nothing else constructs long-lived objects, and nothing is global: tests start as many
-gateways as they like in one process. Start order: client session, pools, probers, then
-the admin and client listeners; stop order is the reverse, with the client listener
-drained first (no new connections, in-flight requests finish up to ``drain_timeout_s``).
+gateways as they like in one process. Start order: client session, pools (each with its
+prober and, if autoscaled, its reconcile loop), then the admin and client listeners.
+Stop order is the reverse, the client listener first: it stops accepting, in-flight
+requests finish (up to ``drain_timeout_s``), then the rest closes.
+
+``reload`` applies a new, already validated config to the running parts without dropping
+a request: pools are updated in place (limits, policy, health, autoscale targets),
+added, or drained and removed; routes are swapped in one assignment; the client listener
+restarts only when its address changed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections.abc import Callable, Coroutine
@@ -21,31 +28,30 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from gateway.admin import AdminApi
 from gateway.autoscaler import PoolAutoscaler
-from gateway.config import Autoscale, Config
+from gateway.config import Autoscale, Config, ConfigError, load_config
+from gateway.config import Pool as PoolSettings
 from gateway.drivers import Driver
 from gateway.drivers.process import ProcessDriver
 from gateway.gpus import GpuLedger, discover_gpus
-from gateway.metrics import CONTENT_TYPE, PrometheusRecorder
+from gateway.metrics import PrometheusRecorder
 from gateway.policies import make_policy
 from gateway.pool import Pool
 from gateway.prober import Prober
 from gateway.proxy import Proxy, Router
 from gateway.replica import Replica
 
-
-def make_driver(kind: str, state_dir: str) -> Driver:
-    if kind == "docker":
-        from gateway.drivers.docker import DockerDriver  # only docker pools need the SDK
-
-        driver: Driver = DockerDriver()
-        return driver
-    return ProcessDriver(Path(state_dir).expanduser() / "replicas")
+log = logging.getLogger("gateway")
+DRAIN_POLL_S = 0.05
 
 
 def static_replica(url: str) -> Replica:
-    parts = urlsplit(url)
-    return Replica(id=parts.netloc, url=url)
+    return Replica(id=urlsplit(url).netloc, url=url)
+
+
+def driver_key(settings: Autoscale) -> str:
+    return settings.driver if settings.driver == "process" else f"docker/{settings.reach}"
 
 
 class Gateway:
@@ -55,8 +61,10 @@ class Gateway:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         drivers: dict[str, Driver] | None = None,
+        config_path: str | Path | None = None,
     ) -> None:
         self.config = config
+        self.config_path = config_path
         self.clock = clock
         self.rng = rng or random.Random()
         self.pools: dict[str, Pool] = {}
@@ -64,10 +72,15 @@ class Gateway:
         self.drivers: dict[str, Driver] = dict(drivers or {})  # made on demand if not given
         self.ledger = GpuLedger([])
         self.recorder = PrometheusRecorder(self)
-        self._tasks: list[asyncio.Task[None]] = []
-        self._runners: list[web.AppRunner] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pool_tasks: dict[str, list[asyncio.Task[None]]] = {}
+        self._listener: web.AppRunner | None = None
+        self._admin: web.AppRunner | None = None
+        self._reload_lock = asyncio.Lock()
         self.port = 0  # bound ports, known after start() (config may ask for port 0)
         self.admin_port = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
         config = self.config
@@ -86,66 +99,26 @@ class Gateway:
         }
         self.ledger = GpuLedger(sorted(gpu_ids))
         for name, settings in config.pools.items():
-            policy = make_policy(settings.policy, clock=self.clock, rng=self.rng)
-            pool = Pool(name, settings, policy, self.clock, self.recorder)
-            pool.set_replicas(static_replica(url) for url in settings.backends)
-            self.pools[name] = pool
-            self._spawn(Prober(pool, self.session).run())
-            if settings.autoscale is not None:
-                self._autoscale(pool, settings.autoscale)
-        for driver in self.drivers.values():
-            self._spawn(self._forward_hints(driver))
-        router = Router([(route.path, self.pools[route.pool]) for route in config.routes])
-        proxy = Proxy(router, self.session, self.recorder, self.clock)
+            self._add_pool(name, settings)
+        self.proxy = Proxy(self._router(config), self.session, self.recorder, self.clock)
+        self.proxy.max_body_bytes = config.max_body_bytes
 
-        admin = web.Application()
-        admin.router.add_get("/metrics", self._metrics)
-        self.admin_port = await self._serve(admin, config.admin.host, config.admin.port, 5.0)
-
-        app = web.Application(client_max_size=config.max_body_bytes)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_route("*", "/{tail:.*}", proxy.handle)
-        self.port = await self._serve(app, config.listen.host, config.listen.port, None)
-
-    def _autoscale(self, pool: Pool, settings: Autoscale) -> None:
-        driver = self.drivers.get(settings.driver)
-        if driver is None:
-            driver = make_driver(settings.driver, self.config.state_dir)
-            self.drivers[settings.driver] = driver
-        scaler = PoolAutoscaler(
-            pool, settings, driver, self.ledger, self.session, self.clock, self.recorder
+        self.admin_api = AdminApi(self)
+        self._admin, self.admin_port = await self._serve(
+            self.admin_api.app(), config.admin.host, config.admin.port
         )
-        self.autoscalers[pool.name] = scaler
-        self._spawn(scaler.run())
-
-    async def _forward_hints(self, driver: Driver) -> None:
-        """Driver events (a replica died) wake the pool's loop before its next tick."""
-        async for pool_name in driver.events():
-            scaler = self.autoscalers.get(pool_name)
-            if scaler is not None:
-                scaler.wake.set()
-
-    async def _serve(self, app: web.Application, host: str, port: int, drain: float | None) -> int:
-        runner = web.AppRunner(
-            app,
-            access_log=None,  # per-request logging is opt-in; it costs the hot path
-            shutdown_timeout=self.config.drain_timeout_s if drain is None else drain,
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, backlog=1024)
-        await site.start()
-        self._runners.insert(0, runner)  # the client listener, started last, stops first
-        bound: int = runner.addresses[0][1]
-        return bound
+        await self._start_listener()
+        if config.watch_config and self.config_path is not None:
+            self._spawn(self._watch_config(Path(self.config_path)))
 
     async def stop(self) -> None:
-        for runner in self._runners:
-            await runner.cleanup()
-        for task in self._tasks:
+        if self._listener is not None:
+            await self._stop_listener(self._listener, self.config.drain_timeout_s)
+        if self._admin is not None:
+            await self._admin.cleanup()
+        for task in [*self._tasks, *(t for ts in self._pool_tasks.values() for t in ts)]:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(
             *(
                 scaler.shutdown(stop_replicas=scaler.settings.on_exit == "stop")
@@ -156,12 +129,171 @@ class Gateway:
             await driver.close()
         await self.session.close()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        self._tasks.append(asyncio.create_task(coro))
+    # -- reload ------------------------------------------------------------------------
+
+    async def reload_from_file(self) -> list[str]:
+        """Re-read the config file and apply it; returns the errors (then nothing changed)."""
+        if self.config_path is None:
+            return ["<file>: the gateway was not started from a file"]
+        try:
+            config = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, the running config stays", extra={"errors": exc.errors})
+            self.recorder.config_reload(ok=False)
+            return exc.errors
+        await self.reload(config)
+        return []
+
+    async def reload(self, new: Config) -> None:
+        async with self._reload_lock:
+            old, self.config = self.config, new
+            for name in old.pools.keys() - new.pools.keys():
+                await self._remove_pool(name)
+            for name, settings in new.pools.items():
+                if name in self.pools:
+                    await self._update_pool(self.pools[name], old.pools[name], settings)
+                else:
+                    self._add_pool(name, settings)
+            self.proxy.router = self._router(new)
+            self.proxy.max_body_bytes = new.max_body_bytes
+            logging.getLogger().setLevel(new.log_level.upper())
+            if new.listen != old.listen and self._listener is not None:
+                previous = self._listener
+                await self._start_listener()
+                self._spawn(self._stop_listener(previous, new.drain_timeout_s))
+            if (new.admin.host, new.admin.port) != (old.admin.host, old.admin.port):
+                log.warning("admin address changes take effect at the next start")
+            if new.state_dir != old.state_dir:
+                log.warning("state_dir changes take effect at the next start")
+            self.recorder.config_reload(ok=True)
+            log.info("config reloaded")
+
+    async def _watch_config(self, path: Path, interval_s: float = 1.0) -> None:
+        """Reload when the file's modification time changes (polling: works on every
+        filesystem, bind mounts included, with no extra dependency)."""
+
+        def mtime() -> int:
+            with contextlib.suppress(OSError):
+                return path.stat().st_mtime_ns
+            return 0
+
+        seen = await asyncio.to_thread(mtime)
+        while True:
+            await asyncio.sleep(interval_s)
+            current = await asyncio.to_thread(mtime)
+            if current != seen:
+                seen = current
+                await self.reload_from_file()
+
+    # -- pools -------------------------------------------------------------------------
+
+    def _add_pool(self, name: str, settings: PoolSettings) -> None:
+        policy = make_policy(settings.policy, clock=self.clock, rng=self.rng)
+        pool = Pool(name, settings, policy, self.clock, self.recorder)
+        pool.set_replicas(static_replica(url) for url in settings.backends)
+        self.pools[name] = pool
+        self._pool_tasks[name] = [asyncio.create_task(Prober(pool, self.session).run())]
+        if settings.autoscale is not None:
+            self._autoscale(pool, settings.autoscale)
+
+    async def _update_pool(self, pool: Pool, old: PoolSettings, new: PoolSettings) -> None:
+        if new.policy != old.policy:
+            pool.use_policy(make_policy(new.policy, clock=self.clock, rng=self.rng))
+        pool.apply(new)
+        scaler = self.autoscalers.get(pool.name)
+        same_driver = (
+            old.autoscale is not None
+            and new.autoscale is not None
+            and driver_key(old.autoscale) == driver_key(new.autoscale)
+        )
+        if scaler is not None and new.autoscale is not None and same_driver:
+            scaler.apply(new.autoscale)
+            return
+        if scaler is not None:  # autoscaling off, or another driver: drain the old replicas
+            await self._stop_autoscaler(pool.name)
+        if new.autoscale is not None:
+            self._autoscale(pool, new.autoscale)
+        else:
+            pool.set_replicas(static_replica(url) for url in new.backends)
+
+    async def _remove_pool(self, name: str) -> None:
+        """Routes no longer lead here; managed replicas drain and stop."""
+        if name in self.autoscalers:
+            await self._stop_autoscaler(name)
+        for task in self._pool_tasks.pop(name, []):
+            task.cancel()
+        self.pools.pop(name)
+
+    def _autoscale(self, pool: Pool, settings: Autoscale) -> None:
+        key = driver_key(settings)
+        driver = self.drivers.get(key)
+        if driver is None:
+            driver = self.drivers[key] = self._make_driver(settings)
+            self._spawn(self._forward_hints(driver))
+        scaler = PoolAutoscaler(
+            pool, settings, driver, self.ledger, self.session, self.clock, self.recorder
+        )
+        self.autoscalers[pool.name] = scaler
+        self._pool_tasks[pool.name].append(asyncio.create_task(scaler.run()))
+
+    async def _stop_autoscaler(self, name: str) -> None:
+        scaler = self.autoscalers.pop(name)
+        tasks = self._pool_tasks[name]
+        tasks[-1].cancel()  # its reconcile loop, started last
+        await asyncio.gather(tasks.pop(), return_exceptions=True)
+        await scaler.shutdown(stop_replicas=True)
+
+    def _make_driver(self, settings: Autoscale) -> Driver:
+        if settings.driver == "docker":
+            from gateway.drivers.docker import DockerDriver  # only docker pools need the SDK
+
+            docker_driver: Driver = DockerDriver(reach=settings.reach)
+            return docker_driver
+        return ProcessDriver(Path(self.config.state_dir).expanduser() / "replicas")
+
+    async def _forward_hints(self, driver: Driver) -> None:
+        """Driver events (a replica died) wake the pool's loop before its next tick."""
+        async for pool_name in driver.events():
+            scaler = self.autoscalers.get(pool_name)
+            if scaler is not None:
+                scaler.wake.set()
+
+    def _router(self, config: Config) -> Router:
+        return Router([(route.path, self.pools[route.pool]) for route in config.routes])
+
+    # -- listeners ---------------------------------------------------------------------
+
+    async def _start_listener(self) -> None:
+        app = web.Application(client_max_size=0)  # the proxy enforces max_body_bytes
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_route("*", "/{tail:.*}", self.proxy.handle)
+        listen = self.config.listen
+        self._listener, self.port = await self._serve(app, listen.host, listen.port)
+
+    async def _stop_listener(self, runner: web.AppRunner, drain_s: float) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), then close."""
+        for site in list(runner.sites):
+            await site.stop()
+        for _ in range(round(drain_s / DRAIN_POLL_S)):  # nothing to await on: poll, bounded
+            if not any(p.inflight or p.queued for p in self.pools.values()):
+                break
+            await asyncio.sleep(DRAIN_POLL_S)
+        await runner.cleanup()
+
+    async def _serve(self, app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+        # access_log off: per-request logs are the proxy's, at debug level. The runner's
+        # own shutdown wait is short: draining happens in _stop_listener first.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, backlog=1024)
+        await site.start()
+        bound: int = runner.addresses[0][1]
+        return runner, bound
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps({"status": "ok"}), content_type="application/json")
 
-    async def _metrics(self, request: web.Request) -> web.Response:
-        body = await asyncio.to_thread(self.recorder.exposition)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

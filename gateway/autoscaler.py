@@ -125,6 +125,15 @@ class PoolAutoscaler:
             counts[member.state] += 1
         return counts
 
+    def drain(self, replica_id: str) -> bool:
+        """Drain a ready replica on request (it is then replaced, as the plan sees one
+        fewer); False if there is no such ready replica."""
+        member = self.members.get(replica_id)
+        if member is None or member.state != "ready" or member.busy:
+            return False
+        self._spawn(self._drain(member, "admin"))
+        return True
+
     async def shutdown(self, stop_replicas: bool) -> None:
         """End the loop; with ``stop_replicas``, drain and remove every replica."""
         for task in list(self._tasks):

@@ -12,13 +12,14 @@ import uvloop
 
 from gateway.app import Gateway
 from gateway.config import Config, ConfigError, load_config
+from gateway.logs import setup_logging
 
 log = logging.getLogger("gateway")
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGTERM or SIGINT, then drain and stop."""
-    gateway = Gateway(config)
+async def serve(config: Config, path: str) -> None:
+    """Run until SIGTERM or SIGINT, then drain and stop; SIGHUP reloads the config."""
+    gateway = Gateway(config, config_path=path)
     await gateway.start()
     log.info("listening on %s:%d, admin on %s:%d", config.listen.host, gateway.port,
              config.admin.host, gateway.admin_port)  # fmt: skip
@@ -26,8 +27,18 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[list[str]]] = set()
+
+    def reload() -> None:
+        task = asyncio.create_task(gateway.reload_from_file())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     await stop.wait()
-    log.info("stopping: draining in-flight requests for up to %.0f s", config.drain_timeout_s)
+    log.info(
+        "stopping: draining in-flight requests for up to %.0f s", gateway.config.drain_timeout_s
+    )
     await gateway.stop()
     log.info("stopped")
 
@@ -59,10 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     config = _load_or_report(args.config)
     if config is None:
         return 1
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    uvloop.run(serve(config))
+    setup_logging(config.log_level, config.log_format)
+    uvloop.run(serve(config, args.config))
     return 0
 
 

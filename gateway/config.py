@@ -30,6 +30,10 @@ class Listen(_Model):
 class Admin(_Model):
     host: str = "127.0.0.1"
     port: int = Field(9090, ge=0, le=65535)
+    # The admin API's bearer token: read from this environment variable, or else from
+    # this file. With neither, the admin routes are off (``/metrics`` stays open).
+    token_env: str = "GATEWAY_ADMIN_TOKEN"
+    token_file: str | None = None
 
 
 class Route(_Model):
@@ -89,6 +93,9 @@ class Autoscale(_Model):
     port: int = Field(8000, ge=1, le=65535)  # the port a replica listens on inside its container
     env: dict[str, str] = {}
     network: str = "host"  # host, or a Docker network the gateway shares
+    reach: Literal["published", "network"] = "published"  # docker: how the gateway reaches a
+    # replica: its port published on 127.0.0.1 (gateway on the host), or its name on
+    # ``network`` (gateway in a container on that network, as with docker compose)
     gpus_per_replica: int = Field(0, ge=0)
     gpus: Literal["auto", "none"] | tuple[int | str, ...] = "auto"
     min_replicas: int = Field(1, ge=0)
@@ -143,7 +150,9 @@ class Config(_Model):
     pools: dict[str, Pool] = Field(min_length=1)
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)  # larger request bodies get 413
     drain_timeout_s: float = Field(30.0, ge=0)  # SIGTERM: how long in-flight requests may finish
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object per line
+    watch_config: bool = False  # reload when the file changes (SIGHUP and the API always do)
     state_dir: str = "~/.cache/inference-gateway"  # what a restarted gateway must find again
 
 

@@ -94,6 +94,10 @@ class PrometheusRecorder(Recorder):
             "gateway_replica_start_failures", "Replica starts that failed, by reason",
             ["pool", "reason"], registry=r,
         )  # fmt: skip
+        self.reloads = Counter(
+            "gateway_config_reloads", "Config reloads by result (applied, refused)",
+            ["result"], registry=r,
+        )  # fmt: skip
         r.register(_Gauges(observed))
         self._children: dict[tuple[str, str, int], Any] = {}
 
@@ -138,6 +142,9 @@ class PrometheusRecorder(Recorder):
 
     def start_failed(self, pool: str, reason: str) -> None:
         self.start_failures.labels(pool, reason).inc()
+
+    def config_reload(self, ok: bool) -> None:
+        self.reloads.labels("applied" if ok else "refused").inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

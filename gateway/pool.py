@@ -74,6 +74,10 @@ class Pool:
         self._waiters: deque[_Waiter] = deque()
         self.apply(settings)
 
+    def use_policy(self, policy: Policy) -> None:
+        """Switch routing policy (on reload); the new one learns from scratch."""
+        self.policy = policy
+
     def apply(self, settings: config.Pool) -> None:
         """Take new limits; replicas, in-flight requests and the queue are kept."""
         self.settings = settings

@@ -18,6 +18,7 @@ replica can be abandoned for another while time remains; while a body streams,
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -33,6 +34,8 @@ from gateway.pool import NoCapacity, Pool
 from gateway.recorder import NULL_RECORDER, Recorder
 from gateway.replica import Replica
 from gateway.retry import RETRYABLE_STATUS
+
+log = logging.getLogger(__name__)
 
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded. Content-Length
 # is recomputed by the side that writes the body.
@@ -79,6 +82,16 @@ class _Failed(Exception):
 
 
 @dataclass(slots=True)
+class _Call:
+    """One client request on its way through."""
+
+    request: web.Request
+    pool: Pool
+    request_id: str
+    started: float
+
+
+@dataclass(slots=True)
 class _Answer:
     replica: Replica
     response: aiohttp.ClientResponse
@@ -112,16 +125,18 @@ class Proxy:
         self.session = session
         self.recorder = recorder
         self.clock = clock
+        self.max_body_bytes = 10 * 1024 * 1024  # larger request bodies get 413
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
         pool = self.router.match(request.path)
         if pool is None:
-            return json_error(404, f"no route for {request.path}")
-        try:
-            body = await request.read()  # kept whole so that a retry can resend it
-        except web.HTTPRequestEntityTooLarge as exc:
-            return json_error(413, exc.text or "request body too large")
-        request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+            return json_error(404, f"no route for {request.path}", {"X-Request-ID": request_id})
+        call = _Call(request, pool, request_id, self.clock())
+        body = await self._read_body(request)
+        if body is None:
+            error = json_error(413, f"request body larger than {self.max_body_bytes} bytes")
+            return self._finish(call, "", error)
         headers = _forwardable(request.headers)
         peer = request.remote or ""
         forwarded_for = request.headers.get("X-Forwarded-For")
@@ -130,17 +145,25 @@ class Proxy:
         headers["X-Request-ID"] = request_id
 
         pool.retry_budget.record_request()
-        return await self._forward(request, pool, body, headers, request_id, self.clock())
+        return await self._forward(call, body, headers)
+
+    async def _read_body(self, request: web.Request) -> bytes | None:
+        """The whole body, kept so that a retry can resend it; None past the limit."""
+        limit = self.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return None
+        chunks, size = [], 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _forward(
-        self,
-        request: web.Request,
-        pool: Pool,
-        body: bytes,
-        headers: CIMultiDict[str],
-        request_id: str,
-        started: float,
+        self, call: _Call, body: bytes, headers: CIMultiDict[str]
     ) -> web.StreamResponse:
+        request, pool = call.request, call.pool
         timeouts = pool.settings.timeouts
         per_try = timeouts.per_try_s or timeouts.request_s
         attempts = pool.settings.retries.attempts
@@ -166,7 +189,7 @@ class Proxy:
                 self.recorder.rejected(pool.name, exc.reason)
                 retry_after = {"Retry-After": str(exc.retry_after_s)}
                 error = json_error(503, f"no capacity: {exc.reason}", retry_after)
-                return self._finish(pool, "", started, error)
+                return self._finish(call, "", error)
             except _Failed as exc:
                 failure = exc
                 break
@@ -190,9 +213,9 @@ class Proxy:
                 answer.response.release()
                 pool.release(replica, answer.ttfb_s, status)
                 continue
-            return await self._relay(request, pool, answer, request_id, started)
+            return await self._relay(call, answer)
         error = json_error(failure.status, f"upstream failed: {failure.reason}")
-        return self._finish(pool, "", started, error)
+        return self._finish(call, "", error)
 
     async def _acquire(
         self, pool: Pool, tried: frozenset[str], deadline: float | None
@@ -248,17 +271,15 @@ class Proxy:
             raise
         return _Answer(replica, response, self.clock() - t0)
 
-    async def _relay(
-        self, request: web.Request, pool: Pool, answer: _Answer, request_id: str, started: float
-    ) -> web.StreamResponse:
+    async def _relay(self, call: _Call, answer: _Answer) -> web.StreamResponse:
         """Pass the response through; nothing after this point may retry. The slot is
         held to the last byte and then released with the replica's outcome: a broken
         upstream stream counts against the replica, a client that went away does not."""
-        upstream, replica = answer.response, answer.replica
+        upstream, replica, pool = answer.response, answer.replica, call.pool
         outcome: int | None = upstream.status
         try:
             headers = _forwardable(upstream.headers)
-            headers["X-Request-ID"] = request_id
+            headers["X-Request-ID"] = call.request_id
             if answer.cold_wait_s is not None:
                 headers["X-Cold-Start-Wait"] = f"{answer.cold_wait_s:.3f}"
                 self.recorder.cold_start_wait(pool.name, answer.cold_wait_s)
@@ -269,13 +290,13 @@ class Proxy:
                 except (aiohttp.ClientError, TimeoutError):
                     outcome = None
                     error = json_error(502, "upstream failed: broken response")
-                    return self._finish(pool, replica.id, started, error)
+                    return self._finish(call, replica.id, error)
                 response = web.Response(status=upstream.status, body=data, headers=headers)
-                return self._finish(pool, replica.id, started, response)
+                return self._finish(call, replica.id, response)
             stream = web.StreamResponse(status=upstream.status, headers=headers)
             if length is not None:
                 stream.content_length = length
-            await stream.prepare(request)
+            await stream.prepare(call.request)
             while True:
                 try:
                     chunk = await upstream.content.readany()
@@ -287,18 +308,33 @@ class Proxy:
                 try:
                     await stream.write(chunk)
                 except ConnectionResetError:  # the client went away: not the replica's fault
-                    self.recorder.request_done(
-                        pool.name, replica.id, CLIENT_CLOSED, self.clock() - started
-                    )
-                    return stream
+                    return self._finish(call, replica.id, stream, CLIENT_CLOSED)
             await stream.write_eof()
-            return self._finish(pool, replica.id, started, stream)
+            return self._finish(call, replica.id, stream)
         finally:
             upstream.release()
             pool.release(replica, answer.ttfb_s, outcome)
 
     def _finish(
-        self, pool: Pool, replica_id: str, started: float, response: web.StreamResponse
+        self, call: _Call, replica_id: str, response: web.StreamResponse, status: int = 0
     ) -> web.StreamResponse:
-        self.recorder.request_done(pool.name, replica_id, response.status, self.clock() - started)
+        """Count and (at debug level) log a finished request; every answer carries its id."""
+        status = status or response.status
+        elapsed = self.clock() - call.started
+        if not response.prepared:
+            response.headers["X-Request-ID"] = call.request_id
+        self.recorder.request_done(call.pool.name, replica_id, status, elapsed)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "request",
+                extra={
+                    "request_id": call.request_id,
+                    "method": call.request.method,
+                    "path": call.request.path,
+                    "pool": call.pool.name,
+                    "replica": replica_id,
+                    "status": status,
+                    "latency_ms": round(elapsed * 1000, 3),
+                },
+            )
         return response

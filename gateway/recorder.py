@@ -36,6 +36,9 @@ class Recorder:
         """A request waited ``wait_s`` for the first replica of an empty pool."""
 
     # -- control plane -----------------------------------------------------------------
+    def config_reload(self, ok: bool) -> None:
+        """A reload was applied (``ok``) or refused for a bad config."""
+
     def scale_event(self, pool: str, action: str, reason: str) -> None:
         """The autoscaler started, drained or replaced a replica (``action``) because of
         ``reason`` (the decision's reason word)."""

@@ -5,7 +5,7 @@ replicas so that they are never the bottleneck) and a gateway in front of them, 
 each rate runs the open-loop load generator twice with the same arrivals process: straight
 at the backends (round-robin) and through the gateway. The difference is the gateway's
 cost. Finally it searches, in coarse steps, the highest rate at which the gateway's p99
-stays under a target (10 ms), with no errors and the full rate achieved.
+stays under a target (10 ms) with no errors.
 
     python -m load.overhead --rates 250,500,1000,2000 --duration 10 --json out.json
 
@@ -80,10 +80,12 @@ class Bench:
         return {**summary.to_json(), "cpu": cpu}
 
     def passes(self, run: dict[str, Any], rate: float) -> bool:
+        """p99 under target and no errors; the send rate only guards against a generator
+        that fell far behind (Poisson counts over a few seconds vary by several percent)."""
         return bool(
             run["latency_ms"]["p99"] < self.args.p99_target_ms
             and run["error_count"] == 0
-            and run["ok_rps"] >= 0.95 * rate
+            and run["send_rps"] >= 0.8 * rate
         )
 
 
@@ -110,6 +112,8 @@ async def bench(args: argparse.Namespace, procs: Procs, backends: list[str]) -> 
         }
         rows.append(row)
         print(format_row(row), flush=True)
+    if args.search_steps == 0:
+        return {"runs": rows}
     return {"runs": rows, "search": await search(b, args, rows)}
 
 
@@ -226,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
             for name in procs.procs:
                 print(f"--- {name} log:\n{procs.log_tail(name)}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            print("interrupted; stopping the processes", file=sys.stderr)
+            return 130
     if args.json:
         environment = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                        "platform": platform.platform()}  # fmt: skip

@@ -85,8 +85,8 @@ async def backend() -> AsyncIterator[Callable[[Handler], Awaitable[Backend]]]:
 async def gateway() -> AsyncIterator[Callable[..., Awaitable[Gateway]]]:
     started: list[Gateway] = []
 
-    async def make(config: dict[str, Any]) -> Gateway:
-        gw = Gateway(parse_config(config))
+    async def make(config: dict[str, Any], **kwargs: Any) -> Gateway:
+        gw = Gateway(parse_config(config), **kwargs)
         await gw.start()
         gw.url = f"http://127.0.0.1:{gw.port}"  # type: ignore[attr-defined]
         started.append(gw)

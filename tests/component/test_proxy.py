@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import orjson
 from aiohttp import web
@@ -187,3 +188,23 @@ async def test_a_client_leaving_mid_stream_is_not_held_against_the_replica(
     assert replica.health.failures == 0
     text = gw.recorder.exposition().decode()
     assert 'code="4xx"' in text  # counted as 499, client closed
+
+
+async def test_each_request_is_logged_at_debug_with_its_fields(
+    backend, gateway, client, caplog
+) -> None:
+    b = await backend(ok_handler)
+    gw = await gateway(pool_config([b.url]))
+    with caplog.at_level(logging.DEBUG, logger="gateway.proxy"):
+        async with client.post(f"{gw.url}/predict", headers={"X-Request-ID": "r-1"}) as resp:
+            assert resp.status == 200
+    (entry,) = [r for r in caplog.records if r.getMessage() == "request"]
+    assert entry.request_id == "r-1" and entry.status == 200  # type: ignore[attr-defined]
+    assert entry.replica == b.url[7:] and entry.pool == "default"  # type: ignore[attr-defined]
+    assert entry.latency_ms > 0  # type: ignore[attr-defined]
+
+
+async def test_gateway_errors_carry_the_request_id(gateway, client) -> None:
+    gw = await gateway(pool_config(["http://127.0.0.1:1"], retries={"attempts": 1}))
+    async with client.post(f"{gw.url}/predict", headers={"X-Request-ID": "r-2"}) as resp:
+        assert resp.status == 502 and resp.headers["X-Request-ID"] == "r-2"

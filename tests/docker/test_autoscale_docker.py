@@ -63,9 +63,12 @@ def docker_config(pool: str, image: str, *sim_args: str, **autoscale: Any) -> di
     }
 
 
-def containers(client: Any, pool: str, all: bool = False) -> list[Any]:
+def containers(client: Any, pool: str, all: bool = False) -> list[dict[str, Any]]:
+    """The pool's containers as one listing call returns them (no per-container inspect,
+    which races with removals)."""
     labels = [f"{MANAGED_BY}={MANAGER}", f"{POOL}={pool}"]
-    return client.containers.list(all=all, filters={"label": labels})
+    rows: list[dict[str, Any]] = client.api.containers(all=all, filters={"label": labels})
+    return rows
 
 
 @pytest.fixture
@@ -119,12 +122,12 @@ async def test_docker_kill_is_replaced_with_no_client_error(gateway, client, ima
     done = asyncio.Event()
     load = asyncio.create_task(load_until(f"{gw.url}/predict", 4, done))
     await asyncio.sleep(0.5)
-    victim = containers(client, pool)[0]
-    victim.kill()  # what `docker kill` does: SIGKILL, in-flight requests cut off
+    victim = containers(client, pool)[0]["Id"]
+    client.api.kill(victim)  # what `docker kill` does: SIGKILL, in-flight requests cut off
     await eventually(
         lambda: (
             scaler.count["ready"] == 2
-            and all(c.id != victim.id for c in containers(client, pool, all=True))
+            and all(c["Id"] != victim for c in containers(client, pool, all=True))
         ),
         within=30,
     )
@@ -181,17 +184,18 @@ async def test_a_gpu_pool_assigns_each_id_once(gateway, client, image, pool) -> 
     config = docker_config(
         pool, image, min_replicas=3, max_replicas=3, gpus=[0, 1], gpus_per_replica=1
     )
-    await gateway(config, drivers={"docker": CreateOnly()})
+    await gateway(config, drivers={"docker/published": CreateOnly()})
     await eventually(lambda: len(containers(client, pool, all=True)) == 2, within=20)
     await asyncio.sleep(1)  # ticks go by: no third container, for want of a GPU
     created = containers(client, pool, all=True)
     assert len(created) == 2
     assigned = []
-    for container in created:
-        requests = container.attrs["HostConfig"]["DeviceRequests"]
+    for row in created:
+        container = client.api.inspect_container(row["Id"])
+        requests = container["HostConfig"]["DeviceRequests"]
         assert len(requests) == 1 and requests[0]["Capabilities"] == [["gpu"]]
         assigned.append(tuple(requests[0]["DeviceIDs"]))
-        assert container.status == "created"
+        assert container["State"]["Status"] == "created"
     assert sorted(assigned) == [("0",), ("1",)]
 
 
@@ -223,7 +227,7 @@ async def test_a_killed_gateway_is_replaced_by_one_that_adopts(
                 if len(containers(client, pool)) == 2 and await answered(session):
                     break
                 await asyncio.sleep(0.1)
-            before = sorted(c.id for c in containers(client, pool, all=True))
+            before = sorted(c["Id"] for c in containers(client, pool, all=True))
             assert len(before) == 2
             first.kill()
             await first.wait()
@@ -233,7 +237,7 @@ async def test_a_killed_gateway_is_replaced_by_one_that_adopts(
                     break
                 await asyncio.sleep(0.1)
             await asyncio.sleep(2)  # ticks go by: a duplicate would show now
-            assert sorted(c.id for c in containers(client, pool, all=True)) == before
+            assert sorted(c["Id"] for c in containers(client, pool, all=True)) == before
     finally:
         for proc in (first, second):
             if proc is not None and proc.returncode is None:

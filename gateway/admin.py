@@ -1,0 +1,258 @@
+"""The admin listener: Prometheus metrics (open) and the admin API (bearer token).
+
+The API lets an operator see pools and replicas, change a pool's replica bounds, drain a
+replica, and reload the config. Every ``/admin`` route needs ``Authorization: Bearer
+TOKEN``, compared in constant time; with no token configured the routes are off, so an
+admin port exposed by mistake grants nothing but metrics. ``OPENAPI`` documents the
+routes and a test checks it against the router.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from gateway.metrics import CONTENT_TYPE
+from gateway.proxy import json_error
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+    from gateway.pool import Pool
+
+_POOL = {"$ref": "#/components/schemas/Pool"}
+_ERROR = {"description": "error", "content": {"application/json": {}}}
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "inference-gateway admin API", "version": "1"},
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Replica": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string"},
+                    "url": {"type": "string", "nullable": True},
+                    "state": {
+                        "type": "string",
+                        "enum": ["starting", "ready", "draining", "failed"],
+                    },
+                    "inflight": {"type": "integer"},
+                    "healthy": {"type": "boolean"},
+                    "gpus": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+            "Pool": {
+                "type": "object",
+                "properties": {
+                    "policy": {"type": "string"},
+                    "inflight": {"type": "integer"},
+                    "queued": {"type": "integer"},
+                    "autoscaled": {"type": "boolean"},
+                    "min_replicas": {"type": "integer", "nullable": True},
+                    "max_replicas": {"type": "integer", "nullable": True},
+                    "desired_replicas": {"type": "integer", "nullable": True},
+                    "replicas": {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/Replica"},
+                    },
+                },
+            },
+        },
+    },
+    "security": [{"bearer": []}],
+    "paths": {
+        "/admin/openapi.json": {
+            "get": {"summary": "This document", "responses": {"200": {"description": "ok"}}}
+        },
+        "/admin/pools": {
+            "get": {
+                "summary": "Pools with their replicas, state, load and GPUs",
+                "responses": {"200": {"description": "ok"}, "401": _ERROR},
+            }
+        },
+        "/admin/pools/{pool}/scale": {
+            "put": {
+                "summary": "Set an autoscaled pool's min and max replicas (until the next reload)",
+                "parameters": [{"name": "pool", "in": "path", "required": True}],
+                "requestBody": {
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "min_replicas": {"type": "integer", "minimum": 0},
+                                    "max_replicas": {"type": "integer", "minimum": 1},
+                                },
+                            }
+                        }
+                    }
+                },
+                "responses": {
+                    "200": {
+                        "description": "the pool",
+                        "content": {"application/json": {"schema": _POOL}},
+                    },
+                    "400": _ERROR, "401": _ERROR, "404": _ERROR, "409": _ERROR,
+                },
+            }
+        },
+        "/admin/pools/{pool}/replicas/{replica}/drain": {
+            "post": {
+                "summary": "Drain a replica: no new requests; an autoscaled one is then replaced",
+                "parameters": [
+                    {"name": "pool", "in": "path", "required": True},
+                    {"name": "replica", "in": "path", "required": True},
+                ],
+                "responses": {"202": {"description": "draining"}, "401": _ERROR, "404": _ERROR},
+            }
+        },
+        "/admin/reload": {
+            "post": {
+                "summary": "Re-read the config file and apply it; a bad file changes nothing",
+                "responses": {"200": {"description": "applied"}, "400": _ERROR, "401": _ERROR},
+            }
+        },
+    },
+}  # fmt: skip
+
+
+def read_token(env: str, file: str | None) -> str | None:
+    token = os.environ.get(env, "").strip()
+    if not token and file:
+        try:
+            token = Path(file).read_text().strip()
+        except OSError:
+            token = ""
+    return token or None
+
+
+class AdminApi:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.refresh_token()
+
+    def refresh_token(self) -> None:
+        admin = self.gateway.config.admin
+        self.token = read_token(admin.token_env, admin.token_file)
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth])
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/admin/openapi.json", self.openapi)
+        app.router.add_get("/admin/pools", self.list_pools)
+        app.router.add_put("/admin/pools/{pool}/scale", self.scale)
+        app.router.add_post("/admin/pools/{pool}/replicas/{replica}/drain", self.drain)
+        app.router.add_post("/admin/reload", self.reload)
+        return app
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if not request.path.startswith("/admin"):
+            return await handler(request)  # type: ignore[no-any-return]
+        if self.token is None:
+            env = self.gateway.config.admin.token_env
+            return json_error(404, f"admin API off: no token configured (set {env})")
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), self.token.encode()
+        ):
+            return json_error(
+                401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"}
+            )
+        return await handler(request)  # type: ignore[no-any-return]
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = await asyncio.to_thread(self.gateway.recorder.exposition)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return _json(OPENAPI)
+
+    async def list_pools(self, request: web.Request) -> web.Response:
+        return _json({"pools": {name: self._describe(p) for name, p in self.gateway.pools.items()}})
+
+    async def scale(self, request: web.Request) -> web.Response:
+        name = request.match_info["pool"]
+        pool = self.gateway.pools.get(name)
+        if pool is None:
+            return json_error(404, f"no pool {name!r}")
+        scaler = self.gateway.autoscalers.get(name)
+        if scaler is None:
+            return json_error(409, f"pool {name!r} is not autoscaled")
+        try:
+            body = orjson.loads(await request.read())
+            assert isinstance(body, dict) and body.keys() <= {"min_replicas", "max_replicas"}
+            low = body.get("min_replicas", scaler.settings.min_replicas)
+            high = body.get("max_replicas", scaler.settings.max_replicas)
+            assert isinstance(low, int) and isinstance(high, int) and 0 <= low <= high and high >= 1
+        except (orjson.JSONDecodeError, AssertionError):
+            return json_error(
+                400, "body must be {min_replicas?: int >= 0, max_replicas?: int >= 1}, min <= max"
+            )
+        scaler.apply(scaler.settings.model_copy(update={"min_replicas": low, "max_replicas": high}))
+        scaler.wake.set()
+        return _json(self._describe(pool))
+
+    async def drain(self, request: web.Request) -> web.Response:
+        name, rid = request.match_info["pool"], request.match_info["replica"]
+        pool = self.gateway.pools.get(name)
+        if pool is None:
+            return json_error(404, f"no pool {name!r}")
+        scaler = self.gateway.autoscalers.get(name)
+        if scaler is not None and scaler.drain(rid):
+            return _json({"draining": rid}, status=202)
+        replica = pool.replicas.get(rid)
+        if scaler is not None or replica is None:
+            return json_error(404, f"no ready replica {rid!r} in pool {name!r}")
+        replica.draining = True  # a static replica stays out until a reload or restart
+        return _json({"draining": rid}, status=202)
+
+    async def reload(self, request: web.Request) -> web.Response:
+        errors = await self.gateway.reload_from_file()
+        if errors:
+            return _json({"reloaded": False, "errors": errors}, status=400)
+        self.refresh_token()
+        return _json({"reloaded": True})
+
+    def _describe(self, pool: Pool) -> dict[str, Any]:
+        now = pool.clock()
+        scaler = self.gateway.autoscalers.get(pool.name)
+        gpus = self.gateway.ledger.allocated
+        replicas = []
+        if scaler is not None:
+            for m in scaler.members.values():
+                r = m.replica
+                url = r.url if r else m.instance.url if m.instance else None
+                replicas.append({
+                    "id": m.replica_id, "url": url, "state": m.state,
+                    "inflight": r.inflight if r else 0,
+                    "healthy": bool(r and r.health.routable(now)),
+                    "gpus": list(gpus.get(m.replica_id, ())),
+                })  # fmt: skip
+        else:
+            for r in pool.replicas.values():
+                replicas.append({
+                    "id": r.id, "url": r.url, "state": "draining" if r.draining else "ready",
+                    "inflight": r.inflight, "healthy": r.health.routable(now), "gpus": [],
+                })  # fmt: skip
+        decision = scaler.decision if scaler else None
+        return {
+            "policy": pool.settings.policy,
+            "inflight": pool.inflight,
+            "queued": pool.queued,
+            "autoscaled": scaler is not None,
+            "min_replicas": scaler.settings.min_replicas if scaler else None,
+            "max_replicas": scaler.settings.max_replicas if scaler else None,
+            "desired_replicas": decision.desired if decision else None,
+            "replicas": replicas,
+        }
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
