@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -128,7 +128,7 @@ class Proxy:
         self.max_body_bytes = 10 * 1024 * 1024  # larger request bodies get 413
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        request_id = request.headers.get("X-Request-ID") or os.urandom(16).hex()
         pool = self.router.match(request.path)
         if pool is None:
             return json_error(404, f"no route for {request.path}", {"X-Request-ID": request_id})

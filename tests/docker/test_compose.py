@@ -261,8 +261,11 @@ def test_compose_up_predict_reload_down(stack: Stack, client: Any) -> None:
         assert (pool["policy"], pool["min_replicas"]) == ("least_connections", 2)
 
         def two_ready() -> bool | None:
-            pools = admin(stack, "GET", "/admin/pools")[1]["pools"]
-            ready = [r for r in pools[stack.pool]["replicas"] if r["state"] == "ready"]
+            status, body = admin(stack, "GET", "/admin/pools")
+            if status != 200:
+                return None
+            replicas = body["pools"][stack.pool]["replicas"]
+            ready = [r for r in replicas if r["state"] == "ready" and r["healthy"]]
             return True if len(ready) == 2 and len(our_containers(client, stack)) == 2 else None
 
         wait_for(two_ready, 60, "a second replica after raising min_replicas to 2")
