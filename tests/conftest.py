@@ -7,9 +7,28 @@ import functools
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
+import aiohttp
 import pytest
+
+from gateway.app import Gateway
+from gateway.config import parse_config
+
+# Autoscaling with loops fast enough for a test to watch it happen.
+FAST_SCALING: dict[str, Any] = {
+    "min_replicas": 1,
+    "max_replicas": 4,
+    "target_concurrency": 2,
+    "stable_window_s": 3,
+    "panic_window_s": 1,
+    "scale_down_delay_s": 1,
+    "tick_s": 0.2,
+    "startup_timeout_s": 30,
+    "drain_timeout_s": 10,
+    "on_exit": "stop",
+}
 
 
 async def eventually(
@@ -52,3 +71,61 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if os.environ.get("REQUIRE_DOCKER") == "1":
         pytest.fail(f"REQUIRE_DOCKER=1 but {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+# A pool of sim replicas run by the process driver.
+SIM_PROCESS = {
+    "driver": "process",
+    "command": ["{python}", "-m", "backends.sim", "--port", "{port}"],
+}
+
+
+def scaled_config(pool: str, autoscale: dict[str, Any]) -> dict[str, Any]:
+    """A gateway on ephemeral ports whose one pool is autoscaled with fast loops."""
+    return {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "admin": {"host": "127.0.0.1", "port": 0},
+        "routes": [{"path": "/", "pool": pool}],
+        "pools": {
+            pool: {
+                "policy": "least_connections",
+                "max_inflight_per_replica": 4,
+                "health": {"interval_s": 0.2, "timeout_s": 0.5},
+                "autoscale": {**FAST_SCALING, **autoscale},
+            }
+        },
+        "drain_timeout_s": 5,
+    }
+
+
+async def load_until(
+    session: aiohttp.ClientSession, url: str, workers: int, done: asyncio.Event
+) -> list[int]:
+    """Closed-loop load: ``workers`` clients, one request after another, until ``done``."""
+    statuses: list[int] = []
+
+    async def worker() -> None:
+        while not done.is_set():
+            async with session.post(url, data=b'{"inputs": [1]}') as resp:
+                await resp.read()
+                statuses.append(resp.status)
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return statuses
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[Callable[..., Awaitable[Gateway]]]:
+    """Start in-process gateways from config dicts; all are stopped afterwards."""
+    started: list[Gateway] = []
+
+    async def make(config: dict[str, Any], **kwargs: Any) -> Gateway:
+        gw = Gateway(parse_config(config), **kwargs)
+        await gw.start()
+        gw.url = f"http://127.0.0.1:{gw.port}"  # type: ignore[attr-defined]
+        started.append(gw)
+        return gw
+
+    yield make
+    for gw in started:
+        await gw.stop()

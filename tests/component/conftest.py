@@ -9,9 +9,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.app import Gateway
-from gateway.config import parse_config
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -79,22 +76,6 @@ async def backend() -> AsyncIterator[Callable[[Handler], Awaitable[Backend]]]:
     yield make
     for b in started:
         await b.stop()
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[Callable[..., Awaitable[Gateway]]]:
-    started: list[Gateway] = []
-
-    async def make(config: dict[str, Any], **kwargs: Any) -> Gateway:
-        gw = Gateway(parse_config(config), **kwargs)
-        await gw.start()
-        gw.url = f"http://127.0.0.1:{gw.port}"  # type: ignore[attr-defined]
-        started.append(gw)
-        return gw
-
-    yield make
-    for gw in started:
-        await gw.stop()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import yaml
 
 from gateway.admin import OPENAPI
 from tests.component.conftest import ok_handler, pool_config
-from tests.conftest import eventually
+from tests.conftest import SIM_PROCESS, eventually, scaled_config
 
 TOKEN = "s3cret-" + secrets.token_hex(8)
 
@@ -101,17 +101,8 @@ async def test_list_pools_and_drain_a_static_replica(backend, gateway, client, t
 
 
 async def test_scale_an_autoscaled_pool(gateway, client, token_env, tmp_path: Path) -> None:
-    config = pool_config([])
+    config = scaled_config("default", SIM_PROCESS)
     config["state_dir"] = str(tmp_path)
-    config["pools"]["default"]["autoscale"] = {
-        "driver": "process",
-        "command": ["{python}", "-m", "backends.sim", "--port", "{port}"],
-        "min_replicas": 1,
-        "tick_s": 0.2,
-        "stable_window_s": 2,
-        "panic_window_s": 1,
-        "on_exit": "stop",
-    }
     gw = await gateway(with_admin(config, token_env))
     admin = f"http://127.0.0.1:{gw.admin_port}"
     scaler = gw.autoscalers["default"]

@@ -16,66 +16,25 @@ import orjson
 import pytest
 import yaml
 
-from tests.conftest import eventually, free_port
+from tests.conftest import SIM_PROCESS, eventually, free_port, load_until, scaled_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def scaled_config(state_dir: Path, *sim_args: str, **autoscale: Any) -> dict[str, Any]:
-    """A gateway whose one pool runs sim replicas as processes, with fast loops."""
-    scale: dict[str, Any] = {
-        "driver": "process",
-        "command": ["{python}", "-m", "backends.sim", "--port", "{port}", *sim_args],
-        "min_replicas": 1,
-        "max_replicas": 4,
-        "target_concurrency": 2,
-        "stable_window_s": 3,
-        "panic_window_s": 1,
-        "scale_down_delay_s": 1,
-        "tick_s": 0.2,
-        "startup_timeout_s": 20,
-        "drain_timeout_s": 10,
-        "on_exit": "stop",
-        **autoscale,
-    }
-    return {
-        "listen": {"host": "127.0.0.1", "port": 0},
-        "admin": {"host": "127.0.0.1", "port": 0},
-        "routes": [{"path": "/", "pool": "default"}],
-        "state_dir": str(state_dir),
-        "pools": {
-            "default": {
-                "policy": "least_connections",
-                "max_inflight_per_replica": 4,
-                "health": {"interval_s": 0.2, "timeout_s": 0.5},
-                "autoscale": scale,
-            }
-        },
-        "drain_timeout_s": 5,
-    }
+def sim_pool(state_dir: Path, *sim_args: str, **autoscale: Any) -> dict[str, Any]:
+    """A gateway whose one pool runs sim replicas as local processes."""
+    command = [*SIM_PROCESS["command"], *sim_args]
+    config = scaled_config("default", {**SIM_PROCESS, "command": command, **autoscale})
+    config["state_dir"] = str(state_dir)
+    return config
 
 
 def records(state_dir: Path) -> list[dict[str, Any]]:
     return [orjson.loads(p.read_bytes()) for p in sorted((state_dir / "replicas").glob("*.json"))]
 
 
-async def load_until(
-    client: aiohttp.ClientSession, url: str, workers: int, done: asyncio.Event
-) -> list[int]:
-    statuses: list[int] = []
-
-    async def worker() -> None:
-        while not done.is_set():
-            async with client.post(url, data=b'{"inputs": [1]}') as resp:
-                await resp.read()
-                statuses.append(resp.status)
-
-    await asyncio.gather(*(worker() for _ in range(workers)))
-    return statuses
-
-
 async def test_load_scales_the_pool_up_and_back_down(gateway, client, tmp_path: Path) -> None:
-    gw = await gateway(scaled_config(tmp_path, "--service-ms", "100", "--slots", "4"))
+    gw = await gateway(sim_pool(tmp_path, "--service-ms", "100", "--slots", "4"))
     scaler = gw.autoscalers["default"]
     await eventually(lambda: scaler.count["ready"] == 1, within=20)
     done = asyncio.Event()
@@ -91,7 +50,7 @@ async def test_load_scales_the_pool_up_and_back_down(gateway, client, tmp_path: 
 async def test_a_killed_replica_is_replaced_and_costs_no_request(
     gateway, client, tmp_path: Path
 ) -> None:
-    config = scaled_config(tmp_path, "--service-ms", "200", min_replicas=2, max_replicas=2)
+    config = sim_pool(tmp_path, "--service-ms", "200", min_replicas=2, max_replicas=2)
     gw = await gateway(config)
     scaler = gw.autoscalers["default"]
     await eventually(lambda: scaler.count["ready"] == 2, within=20)
@@ -114,7 +73,7 @@ async def test_a_killed_replica_is_replaced_and_costs_no_request(
 
 
 async def test_scale_down_drains_a_long_request(gateway, client, tmp_path: Path) -> None:
-    config = scaled_config(
+    config = sim_pool(
         tmp_path, "--tokens", "30", "--token-ms", "100", min_replicas=2, max_replicas=2
     )
     gw = await gateway(config)
@@ -137,7 +96,7 @@ async def test_scale_down_drains_a_long_request(gateway, client, tmp_path: Path)
 
 
 async def test_scale_from_zero_answers_the_first_request(gateway, client, tmp_path: Path) -> None:
-    config = scaled_config(tmp_path, "--startup-delay-s", "0.5", min_replicas=0)
+    config = sim_pool(tmp_path, "--startup-delay-s", "0.5", min_replicas=0)
     gw = await gateway(config)
     await asyncio.sleep(0.5)
     assert records(tmp_path) == []  # nothing runs without demand
@@ -152,7 +111,7 @@ async def test_scale_from_zero_answers_the_first_request(gateway, client, tmp_pa
 async def test_cold_start_overflow_gets_503_with_retry_after(
     gateway, client, tmp_path: Path
 ) -> None:
-    config = scaled_config(
+    config = sim_pool(
         tmp_path, "--startup-delay-s", "2", min_replicas=0, cold_start={"max_waiting": 2}
     )
     gw = await gateway(config)
@@ -168,9 +127,7 @@ async def test_cold_start_overflow_gets_503_with_retry_after(
 
 
 async def test_gpus_are_never_given_out_twice(gateway, client, tmp_path: Path) -> None:
-    config = scaled_config(
-        tmp_path, min_replicas=3, max_replicas=3, gpus=[0, 1], gpus_per_replica=1
-    )
+    config = sim_pool(tmp_path, min_replicas=3, max_replicas=3, gpus=[0, 1], gpus_per_replica=1)
     gw = await gateway(config)
     scaler = gw.autoscalers["default"]
     await eventually(lambda: scaler.count["ready"] == 2, within=20)
@@ -187,7 +144,7 @@ async def test_gpus_are_never_given_out_twice(gateway, client, tmp_path: Path) -
 @pytest.mark.timeout(90)
 async def test_a_restarted_gateway_adopts_its_replicas(tmp_path: Path) -> None:
     port, admin = free_port(), free_port()
-    config = scaled_config(tmp_path, min_replicas=2, max_replicas=2, on_exit="keep")
+    config = sim_pool(tmp_path, min_replicas=2, max_replicas=2, on_exit="keep")
     config["listen"]["port"], config["admin"]["port"] = port, admin
     path = tmp_path / "gw.yaml"
     path.write_text(yaml.safe_dump(config))

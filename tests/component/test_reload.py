@@ -13,22 +13,9 @@ import yaml
 
 from gateway.config import ConfigError, parse_config
 from tests.component.conftest import ok_handler, pool_config
-from tests.conftest import eventually, free_port
+from tests.conftest import SIM_PROCESS, eventually, free_port, load_until, scaled_config
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-async def steady_load(client: aiohttp.ClientSession, url: str, done: asyncio.Event) -> list[int]:
-    statuses: list[int] = []
-
-    async def worker() -> None:
-        while not done.is_set():
-            async with client.post(url, data=b"{}") as resp:
-                await resp.read()
-                statuses.append(resp.status)
-
-    await asyncio.gather(*(worker() for _ in range(4)))
-    return statuses
 
 
 async def test_a_good_reload_under_load_loses_nothing(backend, gateway, client) -> None:
@@ -36,7 +23,7 @@ async def test_a_good_reload_under_load_loses_nothing(backend, gateway, client) 
     config = pool_config([a.url, b.url])
     gw = await gateway(config)
     done = asyncio.Event()
-    load = asyncio.create_task(steady_load(client, f"{gw.url}/predict", done))
+    load = asyncio.create_task(load_until(client, f"{gw.url}/predict", 4, done))
     await eventually(lambda: a.hits > 20)
 
     config["pools"]["default"].update(
@@ -181,16 +168,8 @@ async def test_reload_changes_autoscale_targets_and_can_turn_it_off(
     backend, gateway, client, tmp_path: Path
 ) -> None:
     static = await backend(ok_handler)
-    config = pool_config([])
+    config = scaled_config("default", SIM_PROCESS)
     config["state_dir"] = str(tmp_path)
-    config["pools"]["default"]["autoscale"] = {
-        "driver": "process",
-        "command": ["{python}", "-m", "backends.sim", "--port", "{port}"],
-        "min_replicas": 1,
-        "tick_s": 0.2,
-        "stable_window_s": 2,
-        "panic_window_s": 1,
-    }
     gw = await gateway(config)
     scaler = gw.autoscalers["default"]
     await eventually(lambda: scaler.count["ready"] == 1, within=20)

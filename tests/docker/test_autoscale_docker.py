@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,53 +13,27 @@ import aiohttp
 import pytest
 import yaml
 
-from gateway.app import Gateway
-from gateway.config import parse_config
 from gateway.drivers import MANAGED_BY, MANAGER, POOL, Instance, ReplicaSpec
 from gateway.drivers.docker import DockerDriver
-from tests.conftest import eventually, free_port
+from tests.conftest import eventually, free_port, load_until, scaled_config
 from tests.docker.conftest import REPO_ROOT
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 
 
 def docker_config(pool: str, image: str, *sim_args: str, **autoscale: Any) -> dict[str, Any]:
-    command = [
-        "sh",
-        "-c",
-        f"exec python -m backends.sim --host 0.0.0.0 --port $PORT {' '.join(sim_args)}",
-    ]
-    scale: dict[str, Any] = {
-        "driver": "docker",
-        "image": image,
-        "command": command if sim_args else [],
-        "network": "bridge",
-        "min_replicas": 1,
-        "max_replicas": 4,
-        "target_concurrency": 2,
-        "stable_window_s": 3,
-        "panic_window_s": 1,
-        "scale_down_delay_s": 1,
-        "tick_s": 0.2,
-        "startup_timeout_s": 30,
-        "drain_timeout_s": 15,
-        "on_exit": "stop",
-        **autoscale,
-    }
-    return {
-        "listen": {"host": "127.0.0.1", "port": 0},
-        "admin": {"host": "127.0.0.1", "port": 0},
-        "routes": [{"path": "/", "pool": pool}],
-        "pools": {
-            pool: {
-                "policy": "least_connections",
-                "max_inflight_per_replica": 4,
-                "health": {"interval_s": 0.2, "timeout_s": 0.5},
-                "autoscale": scale,
-            }
+    """One pool of sim containers on the default bridge, reached on published ports."""
+    command = f"exec python -m backends.sim --host 0.0.0.0 --port $PORT {' '.join(sim_args)}"
+    return scaled_config(
+        pool,
+        {
+            "driver": "docker",
+            "image": image,
+            "command": ["sh", "-c", command] if sim_args else [],
+            "network": "bridge",
+            **autoscale,
         },
-        "drain_timeout_s": 5,
-    }
+    )
 
 
 def containers(client: Any, pool: str, all: bool = False) -> list[dict[str, Any]]:
@@ -71,42 +44,14 @@ def containers(client: Any, pool: str, all: bool = False) -> list[dict[str, Any]
     return rows
 
 
-@pytest.fixture
-async def gateway() -> AsyncIterator[Callable[..., Awaitable[Gateway]]]:
-    started: list[Gateway] = []
-
-    async def make(config: dict[str, Any], **kwargs: Any) -> Gateway:
-        gw = Gateway(parse_config(config), **kwargs)
-        await gw.start()
-        gw.url = f"http://127.0.0.1:{gw.port}"  # type: ignore[attr-defined]
-        started.append(gw)
-        return gw
-
-    yield make
-    for gw in started:
-        await gw.stop()
-
-
-async def load_until(url: str, workers: int, done: asyncio.Event) -> list[int]:
-    statuses: list[int] = []
-    async with aiohttp.ClientSession() as session:
-
-        async def worker() -> None:
-            while not done.is_set():
-                async with session.post(url, data=b'{"inputs": [1]}') as resp:
-                    await resp.read()
-                    statuses.append(resp.status)
-
-        await asyncio.gather(*(worker() for _ in range(workers)))
-    return statuses
-
-
-async def test_load_scales_containers_up_and_back_to_one(gateway, client, image, pool) -> None:
+async def test_load_scales_containers_up_and_back_to_one(
+    gateway, client, http, image, pool
+) -> None:
     gw = await gateway(docker_config(pool, image, "--service-ms", "100", "--slots", "4"))
     scaler = gw.autoscalers[pool]
     await eventually(lambda: scaler.count["ready"] == 1, within=30)
     done = asyncio.Event()
-    load = asyncio.create_task(load_until(f"{gw.url}/predict", 8, done))
+    load = asyncio.create_task(load_until(http, f"{gw.url}/predict", 8, done))
     await eventually(lambda: scaler.count["ready"] >= 3, within=40)
     assert len(containers(client, pool)) >= 3
     done.set()
@@ -114,13 +59,15 @@ async def test_load_scales_containers_up_and_back_to_one(gateway, client, image,
     await eventually(lambda: len(containers(client, pool, all=True)) == 1, within=40)
 
 
-async def test_docker_kill_is_replaced_with_no_client_error(gateway, client, image, pool) -> None:
+async def test_docker_kill_is_replaced_with_no_client_error(
+    gateway, client, http, image, pool
+) -> None:
     config = docker_config(pool, image, "--service-ms", "200", min_replicas=2, max_replicas=2)
     gw = await gateway(config)
     scaler = gw.autoscalers[pool]
     await eventually(lambda: scaler.count["ready"] == 2, within=30)
     done = asyncio.Event()
-    load = asyncio.create_task(load_until(f"{gw.url}/predict", 4, done))
+    load = asyncio.create_task(load_until(http, f"{gw.url}/predict", 4, done))
     await asyncio.sleep(0.5)
     victim = containers(client, pool)[0]["Id"]
     client.api.kill(victim)  # what `docker kill` does: SIGKILL, in-flight requests cut off

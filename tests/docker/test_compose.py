@@ -255,7 +255,8 @@ def test_compose_up_predict_reload_down(stack: Stack, client: Any) -> None:
 
         # 3. A changed policy file, reloaded live: routing policy and the replica floor.
         stack.write_config(policy="least_connections", autoscale={"min_replicas": 2})
-        assert admin(stack, "POST", "/admin/reload") == (200, {"reloaded": True})
+        status, body = admin(stack, "POST", "/admin/reload")
+        assert (status, body["reloaded"]) == (200, True), body
         status, body = admin(stack, "GET", "/admin/pools")
         pool = body["pools"][stack.pool]
         assert (pool["policy"], pool["min_replicas"]) == ("least_connections", 2)
