@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from gateway.app import Gateway
     from gateway.pool import Pool
 
+log = logging.getLogger(__name__)
+WEAK_TOKENS = frozenset({"change-me", "changeme", "secret", "token", "admin"})
 _POOL = {"$ref": "#/components/schemas/Pool"}
 _ERROR = {"description": "error", "content": {"application/json": {}}}
 OPENAPI: dict[str, Any] = {
@@ -140,6 +143,8 @@ class AdminApi:
     def refresh_token(self) -> None:
         admin = self.gateway.config.admin
         self.token = read_token(admin.token_env, admin.token_file)
+        if self.token in WEAK_TOKENS:
+            log.warning("the admin token is a well-known placeholder: set a secret one")
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth])
