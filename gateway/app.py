@@ -43,6 +43,7 @@ from gateway.proxy import Proxy, Router
 from gateway.replica import Replica
 
 log = logging.getLogger("gateway")
+HEALTHY_BODY = orjson.dumps({"status": "ok"})
 DRAIN_POLL_S = 0.05
 
 
@@ -74,8 +75,8 @@ class Gateway:
         self.recorder = PrometheusRecorder(self)
         self._tasks: set[asyncio.Task[None]] = set()
         self._pool_tasks: dict[str, list[asyncio.Task[None]]] = {}
-        self._listener: web.AppRunner | None = None
-        self._admin: web.AppRunner | None = None
+        self._listener: web.BaseRunner | None = None
+        self._admin: web.BaseRunner | None = None
         self._reload_lock = asyncio.Lock()
         self.port = 0  # bound ports, known after start() (config may ask for port 0)
         self.admin_port = 0
@@ -264,13 +265,18 @@ class Gateway:
     # -- listeners ---------------------------------------------------------------------
 
     async def _start_listener(self) -> None:
-        app = web.Application(client_max_size=0)  # the proxy enforces max_body_bytes
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_route("*", "/{tail:.*}", self.proxy.handle)
+        # aiohttp's low-level server: every request goes to one handler, with no router,
+        # middleware or Application machinery on the hot path.
+        server = web.Server(self._dispatch, access_log=None)
         listen = self.config.listen
-        self._listener, self.port = await self._serve(app, listen.host, listen.port)
+        self._listener, self.port = await self._serve(server, listen.host, listen.port)
 
-    async def _stop_listener(self, runner: web.AppRunner, drain_s: float) -> None:
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.path == "/healthz" and request.method == "GET":
+            return web.Response(body=HEALTHY_BODY, content_type="application/json")
+        return await self.proxy.handle(request)
+
+    async def _stop_listener(self, runner: web.BaseRunner, drain_s: float) -> None:
         """Stop accepting, let in-flight requests finish (bounded), then close."""
         for site in list(runner.sites):
             await site.stop()
@@ -280,18 +286,21 @@ class Gateway:
             await asyncio.sleep(DRAIN_POLL_S)
         await runner.cleanup()
 
-    async def _serve(self, app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    async def _serve(
+        self, app: web.Application | web.Server, host: str, port: int
+    ) -> tuple[web.BaseRunner, int]:
         # access_log off: per-request logs are the proxy's, at debug level. The runner's
         # own shutdown wait is short: draining happens in _stop_listener first.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        runner: web.BaseRunner
+        if isinstance(app, web.Server):
+            runner = web.ServerRunner(app, shutdown_timeout=1.0)
+        else:
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, host, port, backlog=1024)
         await site.start()
         bound: int = runner.addresses[0][1]
         return runner, bound
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.Response(body=orjson.dumps({"status": "ok"}), content_type="application/json")
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

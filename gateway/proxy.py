@@ -18,6 +18,7 @@ replica can be abandoned for another while time remains; while a body streams,
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -58,6 +59,12 @@ CLIENT_CLOSED = 499  # nginx's status for a client that left before its answer w
 BUFFER_LIMIT = 64 * 1024  # responses up to this size with a known length go out in one write
 
 
+@functools.lru_cache(maxsize=64)
+def _client_timeout(connect_s: float, read_s: float) -> aiohttp.ClientTimeout:
+    """One immutable timeout object per setting, not one per request."""
+    return aiohttp.ClientTimeout(connect=connect_s, sock_read=read_s)
+
+
 def json_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.Response(
         status=status,
@@ -85,7 +92,7 @@ class _Failed(Exception):
 class _Call:
     """One client request on its way through."""
 
-    request: web.Request
+    request: web.BaseRequest
     pool: Pool
     request_id: str
     started: float
@@ -127,7 +134,7 @@ class Proxy:
         self.clock = clock
         self.max_body_bytes = 10 * 1024 * 1024  # larger request bodies get 413
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         request_id = request.headers.get("X-Request-ID") or os.urandom(16).hex()
         pool = self.router.match(request.path)
         if pool is None:
@@ -147,7 +154,7 @@ class Proxy:
         pool.retry_budget.record_request()
         return await self._forward(call, body, headers)
 
-    async def _read_body(self, request: web.Request) -> bytes | None:
+    async def _read_body(self, request: web.BaseRequest) -> bytes | None:
         """The whole body, kept so that a retry can resend it; None past the limit."""
         limit = self.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
@@ -235,7 +242,7 @@ class Proxy:
 
     async def _send(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         pool: Pool,
         replica: Replica,
         headers: CIMultiDict[str],
@@ -255,9 +262,7 @@ class Proxy:
                     headers=headers,
                     data=body or None,
                     allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(
-                        connect=timeouts.connect_s, sock_read=timeouts.request_s
-                    ),
+                    timeout=_client_timeout(timeouts.connect_s, timeouts.request_s),
                 )
         except TimeoutError:
             pool.release(replica, self.clock() - t0, None)
