@@ -157,8 +157,11 @@ class Proxy:
     async def _read_body(self, request: web.BaseRequest) -> bytes | None:
         """The whole body, kept so that a retry can resend it; None past the limit."""
         limit = self.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            return None
+        length = request.content_length
+        if length is not None:  # the common case: one read of a known size
+            if length > limit:
+                return None
+            return await request.content.readexactly(length) if length else b""
         chunks, size = [], 0
         async for chunk in request.content.iter_any():
             size += len(chunk)
