@@ -41,6 +41,7 @@ from gateway.pool import Pool
 from gateway.prober import Prober
 from gateway.proxy import Proxy, Router
 from gateway.replica import Replica
+from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway")
 HEALTHY_BODY = orjson.dumps({"status": "ok"})
@@ -85,12 +86,9 @@ class Gateway:
 
     async def start(self) -> None:
         config = self.config
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-            auto_decompress=False,  # bytes pass through exactly as the replica sent them
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        # For the control plane's own requests (health probes, readiness); requests from
+        # clients go through the leaner ``Upstream``.
+        self.session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         # GPUs are host-wide: one ledger over every pool's GPUs, so none is given out twice
         gpu_ids = {
             gpu
@@ -101,7 +99,8 @@ class Gateway:
         self.ledger = GpuLedger(sorted(gpu_ids))
         for name, settings in config.pools.items():
             self._add_pool(name, settings)
-        self.proxy = Proxy(self._router(config), self.session, self.recorder, self.clock)
+        self.upstream = Upstream()
+        self.proxy = Proxy(self._router(config), self.upstream, self.recorder, self.clock)
         self.proxy.max_body_bytes = config.max_body_bytes
 
         self.admin_api = AdminApi(self)
@@ -128,6 +127,7 @@ class Gateway:
         )
         for driver in self.drivers.values():
             await driver.close()
+        self.upstream.close()
         await self.session.close()
 
     # -- reload ------------------------------------------------------------------------

@@ -18,28 +18,27 @@ replica can be abandoned for another while time remains; while a body streams,
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-import aiohttp
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
+from multidict import CIMultiDict
 
 from gateway.pool import NoCapacity, Pool
 from gateway.recorder import NULL_RECORDER, Recorder
 from gateway.replica import Replica
 from gateway.retry import RETRYABLE_STATUS
+from gateway.upstream import ConnectFailed, Upstream, UpstreamError, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded. Content-Length
-# is recomputed by the side that writes the body.
+# is recomputed by the side that writes the body; Expect was answered already (the body
+# is read before a replica is chosen); the forwarding headers are set anew.
 HOP_BY_HOP = frozenset(
     h.lower()
     for h in (
@@ -53,16 +52,12 @@ HOP_BY_HOP = frozenset(
         "Transfer-Encoding",
         "Upgrade",
         "Content-Length",
+        "Expect",
     )
 )
+SET_BY_GATEWAY = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-request-id"})
 CLIENT_CLOSED = 499  # nginx's status for a client that left before its answer was complete
 BUFFER_LIMIT = 64 * 1024  # responses up to this size with a known length go out in one write
-
-
-@functools.lru_cache(maxsize=64)
-def _client_timeout(connect_s: float, read_s: float) -> aiohttp.ClientTimeout:
-    """One immutable timeout object per setting, not one per request."""
-    return aiohttp.ClientTimeout(connect=connect_s, sock_read=read_s)
 
 
 def json_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -74,11 +69,16 @@ def json_error(status: int, message: str, headers: Mapping[str, str] | None = No
     )
 
 
-def _forwardable(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    named = {h.strip().lower() for h in headers.get("Connection", "").split(",")}
-    return CIMultiDict(
-        (k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in named
-    )
+def _forwardable(
+    headers: Iterable[tuple[str, str]], connection: str, drop: frozenset[str] = frozenset()
+) -> list[tuple[str, str]]:
+    """The end-to-end headers: hop-by-hop ones and those that ``Connection`` names out."""
+    named = {h.strip().lower() for h in connection.split(",")} if connection else set()
+    return [
+        (k, v)
+        for k, v in headers
+        if (low := k.lower()) not in HOP_BY_HOP and low not in named and low not in drop
+    ]
 
 
 class _Failed(Exception):
@@ -101,7 +101,7 @@ class _Call:
 @dataclass(slots=True)
 class _Answer:
     replica: Replica
-    response: aiohttp.ClientResponse
+    response: UpstreamResponse
     ttfb_s: float  # time to the response head: what the policies learn from
     cold_wait_s: float | None = None  # how long it waited for a replica to start, if it did
 
@@ -124,12 +124,12 @@ class Proxy:
     def __init__(
         self,
         router: Router,
-        session: aiohttp.ClientSession,
+        upstream: Upstream,
         recorder: Recorder = NULL_RECORDER,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.router = router
-        self.session = session
+        self.upstream = upstream
         self.recorder = recorder
         self.clock = clock
         self.max_body_bytes = 10 * 1024 * 1024  # larger request bodies get 413
@@ -144,12 +144,13 @@ class Proxy:
         if body is None:
             error = json_error(413, f"request body larger than {self.max_body_bytes} bytes")
             return self._finish(call, "", error)
-        headers = _forwardable(request.headers)
+        given = request.headers
+        headers = _forwardable(given.items(), given.get("Connection", ""), SET_BY_GATEWAY)
         peer = request.remote or ""
-        forwarded_for = request.headers.get("X-Forwarded-For")
-        headers["X-Forwarded-For"] = f"{forwarded_for}, {peer}" if forwarded_for else peer
-        headers["X-Forwarded-Proto"] = request.scheme
-        headers["X-Request-ID"] = request_id
+        forwarded_for = given.get("X-Forwarded-For")
+        headers.append(("X-Forwarded-For", f"{forwarded_for}, {peer}" if forwarded_for else peer))
+        headers.append(("X-Forwarded-Proto", request.scheme))
+        headers.append(("X-Request-ID", request_id))
 
         pool.retry_budget.record_request()
         return await self._forward(call, body, headers)
@@ -171,7 +172,7 @@ class Proxy:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _forward(
-        self, call: _Call, body: bytes, headers: CIMultiDict[str]
+        self, call: _Call, body: bytes, headers: list[tuple[str, str]]
     ) -> web.StreamResponse:
         request, pool = call.request, call.pool
         timeouts = pool.settings.timeouts
@@ -248,7 +249,7 @@ class Proxy:
         request: web.BaseRequest,
         pool: Pool,
         replica: Replica,
-        headers: CIMultiDict[str],
+        headers: list[tuple[str, str]],
         body: bytes,
         per_try_s: float,
         deadline: float,
@@ -259,21 +260,22 @@ class Proxy:
         t0 = self.clock()
         try:
             async with asyncio.timeout(min(per_try_s, deadline - t0)):
-                response = await self.session.request(
+                response = await self.upstream.request(
                     request.method,
-                    URL(replica.url + request.raw_path, encoded=True),  # byte-exact
-                    headers=headers,
-                    data=body or None,
-                    allow_redirects=False,
-                    timeout=_client_timeout(timeouts.connect_s, timeouts.request_s),
+                    replica.host,
+                    replica.port,
+                    request.raw_path,  # byte-exact: path and query as the client sent them
+                    headers,
+                    body,
+                    timeouts.connect_s,
+                    timeouts.request_s,
                 )
         except TimeoutError:
             pool.release(replica, self.clock() - t0, None)
             raise _Failed(504, "timeout") from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except (UpstreamError, OSError) as exc:
             pool.release(replica, self.clock() - t0, None)
-            reason = "connect" if isinstance(exc, aiohttp.ClientConnectorError) else "reset"
-            raise _Failed(502, reason) from None
+            raise _Failed(502, "connect" if isinstance(exc, ConnectFailed) else "reset") from None
         except BaseException:
             pool.abandon(replica)
             raise
@@ -286,7 +288,7 @@ class Proxy:
         upstream, replica, pool = answer.response, answer.replica, call.pool
         outcome: int | None = upstream.status
         try:
-            headers = _forwardable(upstream.headers)
+            headers = CIMultiDict(_forwardable(upstream.headers, ""))
             headers["X-Request-ID"] = call.request_id
             if answer.cold_wait_s is not None:
                 headers["X-Cold-Start-Wait"] = f"{answer.cold_wait_s:.3f}"
@@ -295,7 +297,7 @@ class Proxy:
             if length is not None and length <= BUFFER_LIMIT:
                 try:
                     data = await upstream.read()
-                except (aiohttp.ClientError, TimeoutError):
+                except (UpstreamError, TimeoutError):
                     outcome = None
                     error = json_error(502, "upstream failed: broken response")
                     return self._finish(call, replica.id, error)
@@ -307,8 +309,8 @@ class Proxy:
             await stream.prepare(call.request)
             while True:
                 try:
-                    chunk = await upstream.content.readany()
-                except (aiohttp.ClientError, TimeoutError):
+                    chunk = await upstream.readany()
+                except (UpstreamError, TimeoutError):
                     outcome = None
                     raise  # the client sees a cut-off body, never a clean end
                 if not chunk:

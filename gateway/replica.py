@@ -8,6 +8,7 @@ state lives inside each policy, keyed by replica id, so a replica carries no beh
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from gateway.health import ReplicaHealth
 
@@ -19,6 +20,12 @@ class Replica:
     inflight: int = 0
     draining: bool = False
     health: ReplicaHealth = field(default_factory=ReplicaHealth)
+    host: str = field(init=False)  # from url, parsed once: the proxy connects to these
+    port: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        self.host, self.port = parts.hostname or "", parts.port or 80
 
     def __repr__(self) -> str:
         return f"Replica({self.id!r}, inflight={self.inflight})"
