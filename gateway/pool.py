@@ -169,7 +169,8 @@ class Pool:
         failed = status is None or status >= 500
         self.policy.on_end(replica, latency_s, not failed and status != 429)
         now = self.clock()
-        if replica.health.record_request(not failed, now, self.rules, self._may_eject(now)):
+        may_eject = failed and self._may_eject(now)  # counted only when it can matter
+        if replica.health.record_request(not failed, now, self.rules, may_eject):
             self.recorder.ejection(self.name, replica.id)
             until = replica.health.ejected_until - now
             log.info("pool %s: ejected replica %s for %.0f s", self.name, replica.id, until)
