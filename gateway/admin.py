@@ -222,7 +222,7 @@ class AdminApi:
         errors = await self.gateway.reload_from_file()
         if errors:
             return _json({"reloaded": False, "errors": errors}, status=400)
-        self.refresh_token()
+        await asyncio.to_thread(self.refresh_token)  # may read a token file
         return _json({"reloaded": True})
 
     def _describe(self, pool: Pool) -> dict[str, Any]:

@@ -55,7 +55,8 @@ class ProcessDriver:
         self._watchers: set[asyncio.Task[None]] = set()
 
     async def list(self, pool: str) -> list[Instance]:
-        return [instance for record, instance in self._records() if instance.pool == pool]
+        records = await asyncio.to_thread(self._records)  # file and /proc reads: off the loop
+        return [instance for record, instance in records if instance.pool == pool]
 
     async def start(self, spec: ReplicaSpec) -> Instance:
         port = free_port()
@@ -78,8 +79,7 @@ class ProcessDriver:
             "url": f"http://127.0.0.1:{port}",
             "gpu_ids": list(spec.gpu_ids),
         }
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._path(spec.replica_id).write_bytes(orjson.dumps(record))
+        await asyncio.to_thread(self._write, spec.replica_id, record)
         self._children[proc.pid] = proc
         watcher = asyncio.create_task(self._watch(spec.pool, proc))
         self._watchers.add(watcher)
@@ -89,7 +89,7 @@ class ProcessDriver:
     async def stop(self, instance: Instance, timeout_s: float) -> None:
         pid = int(instance.handle)
         path = self._path(instance.replica_id)
-        record = orjson.loads(path.read_bytes()) if path.exists() else None
+        record = await asyncio.to_thread(self._read, path)
         if record is not None and self._alive(record):
             self._signal(pid, signal.SIGTERM)
             # An adopted replica is not our child, so there is nothing to wait on: poll.
@@ -102,7 +102,7 @@ class ProcessDriver:
         child = self._children.pop(pid, None)
         if child is not None:
             await child.wait()
-        path.unlink(missing_ok=True)
+        await asyncio.to_thread(path.unlink, missing_ok=True)
 
     async def events(self) -> AsyncIterator[str]:
         while True:
@@ -116,6 +116,18 @@ class ProcessDriver:
 
     def _path(self, replica_id: str) -> Path:
         return self.state_dir / f"{replica_id}.json"
+
+    def _write(self, replica_id: str, record: dict[str, object]) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._path(replica_id).write_bytes(orjson.dumps(record))
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, object] | None:
+        try:
+            record: dict[str, object] = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return None
+        return record
 
     def _records(self) -> builtins.list[tuple[dict[str, object], Instance]]:
         found = []
