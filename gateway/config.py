@@ -88,7 +88,7 @@ class ColdStart(_Model):
 
 class Autoscale(_Model):
     driver: Literal["docker", "process"] = "docker"
-    image: str = "inference-backend:latest"
+    image: str = "inference-model:latest"  # backends/Dockerfile.model: the real model server
     command: tuple[str, ...] = ()  # process driver: argv with {port}; docker: CMD override
     port: int = Field(8000, ge=1, le=65535)  # the port a replica listens on inside its container
     env: dict[str, str] = {}

@@ -199,15 +199,23 @@ def request_json(
             return exc.code, raw.decode(errors="replace")
 
 
-def predict(stack: Stack) -> dict[str, Any] | None:
-    """The answer to one POST /predict, or None while it is not a 200 yet."""
+DIGIT = json.dumps({"inputs": [[0.0] * 64]}).encode()  # one 8x8 image, all blank
+
+
+def predict(stack: Stack) -> tuple[dict[str, Any], str] | None:
+    """One POST /predict: the answer and the replica that gave it (its X-Replica header),
+    or None while it is not a 200 yet."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{stack.port}/predict",
+        data=DIGIT,
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     try:
-        status, answer = request_json(
-            "POST", f"http://127.0.0.1:{stack.port}/predict", b'{"inputs": [1, 2, 3]}'
-        )
-    except (OSError, http.client.HTTPException):  # not listening yet, or reset
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read()), response.headers["X-Replica"]
+    except (OSError, http.client.HTTPException):  # not listening yet, reset, or not a 200
         return None
-    return answer if status == 200 else None
 
 
 def admin(stack: Stack, method: str, path: str, auth: bool | str = True) -> tuple[int, Any]:
@@ -235,14 +243,14 @@ def test_compose_up_predict_reload_down(stack: Stack, client: Any) -> None:
     built = time.monotonic()
 
     with stack.logs_on_failure():
-        # 1. The front door: answered by a replica container the gateway started. The sim
+        # 1. The front door: answered by a model-server container the gateway started. It
         #    names itself after its container's hostname, the short container id.
-        answer = wait_for(lambda: predict(stack), 120, "a 200 from POST /predict")
+        answer, replica = wait_for(lambda: predict(stack), 180, "a 200 from POST /predict")
         served = time.monotonic()
         replicas = {c.id[:12]: c for c in our_containers(client, stack)}
-        assert answer["output"] == [1, 2, 3]
-        assert answer["replica"] in replicas, (answer, sorted(replicas))
-        networks = replicas[answer["replica"]].attrs["NetworkSettings"]["Networks"]
+        assert len(answer["predictions"]) == 1 and len(answer["probabilities"][0]) == 10
+        assert replica in replicas, (replica, sorted(replicas))
+        networks = replicas[replica].attrs["NetworkSettings"]["Networks"]
         assert stack.network in networks  # the compose network, reached by name
 
         # 2. The admin API, on the published admin port, behind the bearer token.
