@@ -105,7 +105,7 @@ class PoolAutoscaler:
 
     async def tick(self) -> None:
         now = self.clock()
-        self.scaler.record(now, self.pool.inflight + self.pool.queued)
+        self.scaler.record(now, self.pool.inflight + self.pool.queued, self.pool.queued)
         await self._observe()
         count = self.count
         self.decision = decision = self.scaler.decide(now, count["ready"], count["starting"])

@@ -10,6 +10,45 @@ scale-down delay), with three fixes: replicas that are still starting count as c
 (a slow start must not look like missing capacity, Knative 13284), a gateway that just
 restarted never scales down on a history too short to trust, and averages are weighted by
 time, so extra ticks (on-demand wake-ups) or late ones do not skew them.
+
+A fourth fix is for the backlog a panic leaves behind. Concurrency is in-flight + queued
+requests, and while the pool is short of capacity the queue grows by (arrival rate -
+service rate) every second: a sample then measures how long the pool has been short as
+much as the demand (with 50 ms requests and 0.5 s ticks, one tick of queue is already ten
+times the work in flight). Knative counts it all as demand, so a step that needs 3
+replicas asks for the maximum while the first new ones start, and then holds it for a
+stable window, since there is no scale-down in a panic. The longer replicas take to
+start, the worse. Here:
+
+1. The first step of a panic is Knative's, on the windows as they stand: it sees the
+   backlog of the tick or two it took to notice, however slowly replicas start.
+2. A further step needs fresh evidence that the capacity now in place is short: a whole
+   panic window sampled with none of the replicas starting (while capacity is on its
+   way the queue grows because of the wait itself, whatever the demand; and the window
+   then holds no sample from before the capacity came), over which concurrency did not
+   fall (a fall means requests left faster than they arrived: the capacity keeps up and
+   a backlog drains). The step is then at most ``panic_threshold`` x capacity: the
+   samples of a short pool are censored (the in-flight part capped by the capacity, the
+   queued part growing with the time spent short), so it probes geometrically, by the
+   factor that defines a panic. Replicas slower to start than a stable window block it
+   no longer than that.
+3. A panic settles when everything it asked for is ready, nothing is queued, and
+   something was queued since it began. From where that queue formed to now the queue
+   began and ended empty, so every request that arrived in the stretch was served in
+   it, and by Little's law the time-average of the in-flight part alone is arrival
+   rate x service time, the demand, with no service time to know (sampled once a tick,
+   a drain shorter than a tick is under-weighted, so it tends to err low; the floor
+   below does not lean on it). Every sample of the stretch gets that average, so
+   neither window keeps the backlog; the panic ends; and until it would have ended, the
+   stable window (still holding the level from before the step, which is why Knative
+   keeps panicking that long) asks at least what the time since it settled asks, not
+   the panic's high-water mark. So the surplus goes ``scale_down_delay_s`` after the
+   queue drained, not a stable window later. A panic that never queued is a genuine
+   surge and holds as before.
+
+A sustained overload keeps queueing at full capacity, so it keeps stepping, up to
+``max_replicas``. A caller that does not tell the queued part (``queued`` = 0) gets rules
+1 and 2 but no settling: nothing then tells a backlog from demand.
 """
 
 from __future__ import annotations
@@ -95,7 +134,12 @@ class Scaler:
     Invariants of ``decide`` (``capacity`` = ready + starting):
     - ``min_replicas <= desired <= max_replicas``, always; the clamp wins over everything.
     - While panicking, ``desired`` never drops: not below capacity, nor below any value
-      recommended since the panic began.
+      recommended since the panic began. A panic ends a stable window after its condition
+      last held, or when it settles (its queue drained, module docstring rule 3); until it
+      would have ended, the stable ask is then at least the ask since it settled.
+    - After its first step, a panic steps up only on a panic window of fresh evidence
+      that the capacity is short (rule 2), or once a stable window passed without one,
+      and then by at most ``panic_threshold`` x capacity.
     - Outside panic, ``desired`` is the highest recommendation of the last
       ``scale_down_delay_s``: a lower demand must last that long before replicas go.
     - Until ``max(stable_window_s, scale_down_delay_s)`` has passed since ``now`` at
@@ -108,32 +152,55 @@ class Scaler:
     ``rules`` may be replaced at any time (config reload); the history is kept.
     """
 
-    __slots__ = ("_origin", "_panic_high", "_panic_seen", "_recs", "_samples", "_start", "rules")
+    __slots__ = (
+        "_full_since",
+        "_guard_until",
+        "_last_starting",
+        "_origin",
+        "_panic_began",
+        "_panic_high",
+        "_panic_seen",
+        "_recs",
+        "_samples",
+        "_settled",
+        "_start",
+        "_stepped",
+        "rules",
+    )
 
     def __init__(self, rules: ScalingRules, now: float) -> None:
         self.rules = rules
         self._start = now  # when the history starts; before it, nothing is known
         self._origin = now  # the time just before the oldest kept sample
-        self._samples: deque[tuple[float, float]] = deque()  # (time, concurrency)
+        self._samples: deque[tuple[float, float, float]] = deque()  # (time, concurrency, queued)
         self._recs: deque[tuple[float, int]] = deque()  # (time, unclamped recommendation)
         self._panic_seen: float | None = None  # last time the panic condition held
+        self._panic_began = now  # when the current (or last) panic began
         self._panic_high = 0  # the highest recommendation since the panic began
+        self._guard_until = -math.inf  # a settled panic's floor lasts until then
+        self._settled = now  # when the last panic settled
+        self._stepped = now  # when a panic last raised its recommendation
+        self._last_starting = 0  # replicas starting at the previous decision
+        self._full_since: float | None = now  # first decision since one with any starting
 
     @property
     def panicking(self) -> bool:
         return self._panic_seen is not None
 
-    def record(self, now: float, concurrency: float) -> None:
-        """Add one sample: in-flight + queued requests of the pool at ``now``.
+    def record(self, now: float, concurrency: float, queued: float = 0.0) -> None:
+        """Add one sample: in-flight + queued requests of the pool at ``now``, and how many
+        of them were queued (waiting for a slot) rather than in flight.
 
         A sample stands for the interval since the previous one (the first: since the
         start), so the average is weighted by time. Times must not go backwards.
         """
         if not concurrency >= 0:  # also refuses NaN
             raise ValueError(f"concurrency must be >= 0, not {concurrency}")
+        if not 0 <= queued <= concurrency:
+            raise ValueError(f"queued must be within [0, concurrency], not {queued}")
         if self._samples and now < self._samples[-1][0]:
             raise ValueError("sample times must not go backwards")
-        self._samples.append((now, concurrency))
+        self._samples.append((now, concurrency, queued))
         self._prune(now)
 
     def _prune(self, now: float) -> None:
@@ -149,7 +216,7 @@ class Scaler:
         low = now - window_s
         total = weight = 0.0
         prev = self._origin
-        for t, c in self._samples:
+        for t, c, _ in self._samples:
             span = min(t, now) - max(prev, low)
             if span > 0:
                 total += span * c
@@ -157,7 +224,7 @@ class Scaler:
             prev = t
         if weight > 0:
             return total / weight
-        recent = [c for t, c in self._samples if low < t <= now]  # samples with no span yet
+        recent = [c for t, c, _ in self._samples if low < t <= now]  # samples with no span yet
         return sum(recent) / len(recent) if recent else 0.0
 
     def decide(self, now: float, ready: int, starting: int) -> Decision:
@@ -167,6 +234,16 @@ class Scaler:
         r = self.rules
         self._prune(now)
         capacity = ready + starting
+        # The latest sample covers the time since the previous decision: if replicas were
+        # starting at either end of it, it was (partly) taken short of the capacity asked for.
+        pending = starting > 0 or self._last_starting > 0
+        self._last_starting = starting
+        if starting > 0:
+            self._full_since = None
+        elif self._full_since is None:
+            self._full_since = now
+        if self._panic_seen is not None and not pending:
+            self._settle(now, capacity)
         stable = self.average(now, r.stable_window_s)
         panic_avg = self.average(now, r.panic_window_s)
         want_stable = replicas_for(stable, r.target_concurrency)
@@ -174,9 +251,10 @@ class Scaler:
 
         # Panic compares the exact (unrounded) ask with capacity, starting replicas included.
         over = panic_avg / r.target_concurrency >= r.panic_threshold * capacity - EPS
+        began = False
         if capacity >= 1 and over:
             if self._panic_seen is None:
-                self._panic_high = 0
+                self._panic_high, self._panic_began, began = 0, now, True
             self._panic_seen = now
         elif self._panic_seen is not None and now - self._panic_seen >= r.stable_window_s:
             self._panic_seen = None  # the surge is now in the stable average
@@ -184,7 +262,20 @@ class Scaler:
 
         raw = want_stable
         if panic:
-            raw = self._panic_high = max(want_stable, want_panic, self._panic_high, capacity)
+            ask = max(want_stable, want_panic)
+            if not began:  # a further step: only on fresh evidence (rule 2)
+                if not self._short(now) and now - self._stepped < r.stable_window_s:
+                    ask = 0
+                ask = min(ask, replicas_for(r.panic_threshold * capacity, 1))
+            raw = max(ask, self._panic_high, capacity)
+            if raw > self._panic_high:
+                self._stepped = now
+            self._panic_high = raw
+        elif now < self._guard_until:  # settled (rule 3): the stable window still lags
+            floor = capacity  # until a sample comes after the backlog: hold
+            if any(t > self._settled for t, _, _ in self._samples):
+                floor = replicas_for(self.average(now, now - self._settled), r.target_concurrency)
+            raw = max(want_stable, floor)
         demand = stable > 0 or bool(self._samples and self._samples[-1][1] > 0)
         from_zero = capacity == 0 and demand
         if from_zero:
@@ -192,7 +283,7 @@ class Scaler:
         self._recs.append((now, raw))
         held = max(rec for _, rec in self._recs)  # the scale-down delay
         warm_for = max(r.stable_window_s, r.scale_down_delay_s)
-        in_window = any(t > now - r.stable_window_s for t, _ in self._samples)
+        in_window = any(t > now - r.stable_window_s for t, _, _ in self._samples)
         warming = now - self._start < warm_for or not in_window
         unclamped = max(held, capacity) if warming else held
         desired = min(max(unclamped, r.min_replicas), r.max_replicas)
@@ -213,6 +304,47 @@ class Scaler:
         else:
             reason = "steady"
         return Decision(desired, panic, reason, stable, panic_avg)
+
+    def _short(self, now: float) -> bool:
+        """Is there fresh evidence that the capacity in place is short (rule 2)? A whole
+        panic window sampled with no replica starting, over which concurrency did not
+        fall (if it did, requests left faster than they arrived: a backlog drains)."""
+        low = now - self.rules.panic_window_s
+        if self._full_since is None or self._full_since > low:
+            return False
+        window = [c for t, c, _ in self._samples if t > low]
+        return bool(window) and window[-1] >= window[0]
+
+    def _settle(self, now: float, capacity: int) -> None:
+        """End a panic whose queue has drained, and take the backlog out of the history
+        (rule 3). The caller checks that no replica is starting; here the capacity must
+        be all the panic asked for (a lost replica leaves it unproven), the latest sample
+        must have nothing queued, and something must have queued since one panic window
+        before the panic began."""
+        r = self.rules
+        if not self._samples or self._samples[-1][2] > 0:
+            return  # still queueing: a backlog still draining, or demand beyond capacity
+        if capacity < min(self._panic_high, r.max_replicas):
+            return  # a replica was lost, or some never came: the capacity is unproven
+        since = self._panic_began - r.panic_window_s
+        samples = list(self._samples)
+        first = next((i for i, (t, _, q) in enumerate(samples) if t > since and q > 0), None)
+        if first is None:
+            return  # nothing ever queued: a genuine surge; the panic holds as usual
+        while first and samples[first - 1][2] > 0:
+            first -= 1  # back to where the queue formed
+        prev = samples[first - 1][0] if first else self._origin
+        total = weight = 0.0
+        for t, c, q in samples[first:]:
+            total += (t - prev) * (c - q)
+            weight += t - prev
+            prev = t
+        level = total / weight if weight > 0 else samples[-1][1]
+        self._samples = deque(samples[:first] + [(t, level, 0.0) for t, _, _ in samples[first:]])
+        assert self._panic_seen is not None
+        self._guard_until = self._panic_seen + r.stable_window_s
+        self._settled = now
+        self._panic_seen = None
 
 
 @dataclass(frozen=True, slots=True)
