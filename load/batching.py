@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import sys
 import tempfile
 from collections.abc import Callable
@@ -33,7 +31,7 @@ import orjson
 import uvloop
 
 from load.loadgen import run_load
-from load.procs import Procs, cpu_seconds, port_is_free, python, wait_for_url
+from load.procs import Procs, cpu_seconds, port_is_free, python, wait_for_url, write_report
 
 TEST_SPLIT = Path(__file__).resolve().parent.parent / "backends" / "model" / "digits_test.npz"
 
@@ -187,12 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     print(table(results))
     if args.json:
-        environment = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-                       "platform": platform.platform()}  # fmt: skip
-        settings = {k: v for k, v in vars(args).items() if k != "json"}
-        document = {"settings": settings, "environment": environment, **results}
-        args.json.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
-        print(f"wrote {args.json}")
+        write_report(args.json, vars(args), results)
     return 0
 
 

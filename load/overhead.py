@@ -18,13 +18,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import orjson
 import uvloop
 
 from load.loadgen import run_load
@@ -36,6 +34,7 @@ from load.procs import (
     sim_command,
     wait_for_url,
     write_config,
+    write_report,
 )
 
 
@@ -234,12 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted; stopping the processes", file=sys.stderr)
             return 130
     if args.json:
-        environment = {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-                       "platform": platform.platform()}  # fmt: skip
-        settings = {k: v for k, v in vars(args).items() if k != "json"}
-        document = {"settings": settings, "environment": environment, **results}
-        args.json.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
-        print(f"wrote {args.json}")
+        write_report(args.json, vars(args), results)
     return 0
 
 

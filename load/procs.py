@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from types import TracebackType
 from typing import Any
 
 import aiohttp
+import orjson
 import yaml
 
 
@@ -134,3 +136,16 @@ def cpu_seconds(pid: int) -> float | None:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return None
+
+
+def write_report(path: Path, settings: dict[str, Any], results: dict[str, Any]) -> None:
+    """A benchmark's JSON: its settings, the machine it ran on, and its results."""
+    environment = {
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
+    kept = {k: str(v) if isinstance(v, Path) else v for k, v in settings.items() if k != "json"}
+    document = {"settings": kept, "environment": environment, **results}
+    path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    print(f"wrote {path}")
