@@ -81,8 +81,22 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if not self.complete:
+        if self.complete:
+            return
+        if exc is None and self.head is not None and self.head.done() and self._until_close():
+            self.complete = True  # an HTTP/1.0-style body: it ends where the connection does
+            self._wake()
+        else:
             self._fail(Disconnected("connection closed before the response was complete"))
+
+    def _until_close(self) -> bool:
+        """Has the response neither a length nor chunked framing (its body runs to EOF)?"""
+        if self.head is None or self.head.exception() is not None:
+            return False
+        if self.parser.get_status_code() in (204, 304):
+            return False
+        names = {name.lower(): value.lower() for name, value in self.headers}
+        return "content-length" not in names and "chunked" not in names.get("transfer-encoding", "")
 
     # -- httptools callbacks -----------------------------------------------------------
 

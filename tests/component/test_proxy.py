@@ -208,3 +208,42 @@ async def test_gateway_errors_carry_the_request_id(gateway, client) -> None:
     gw = await gateway(pool_config(["http://127.0.0.1:1"], retries={"attempts": 1}))
     async with client.post(f"{gw.url}/predict", headers={"X-Request-ID": "r-2"}) as resp:
         assert resp.status == 502 and resp.headers["X-Request-ID"] == "r-2"
+
+
+async def test_a_body_delimited_by_connection_close_is_relayed_whole(gateway, client) -> None:
+    """An HTTP/1.0-style replica: no length, no chunks, the body ends at EOF."""
+
+    async def old_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass  # the request head; this test sends no body
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n")
+        for part in (b"first ", b"second ", b"last"):
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        writer.close()
+
+    server = await asyncio.start_server(old_server, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    gw = await gateway(pool_config([f"http://127.0.0.1:{port}"]))
+    async with server:
+        for _ in range(2):  # the second needs a new connection: the first was closed
+            async with client.get(f"{gw.url}/old") as resp:
+                assert resp.status == 200
+                assert await resp.read() == b"first second last"
+
+
+async def test_upstream_connections_are_kept_alive_and_reused(backend, gateway, client) -> None:
+    peers: set[object] = set()
+
+    async def note_peer(request: web.Request) -> web.Response:
+        if request.path != "/health":
+            peers.add(request.transport.get_extra_info("peername") if request.transport else None)
+        return web.json_response({"ok": True})
+
+    b = await backend(note_peer)
+    gw = await gateway(pool_config([b.url]))
+    for _ in range(20):
+        async with client.post(f"{gw.url}/predict", data=b"{}") as resp:
+            assert resp.status == 200
+    assert len(peers) == 1  # one connection from the gateway, reused twenty times
