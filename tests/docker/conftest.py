@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,15 @@ def pool(client: Any) -> Iterator[str]:
     """A pool name no other run uses; afterwards every container of it is removed."""
     name = f"dtest-{secrets.token_hex(4)}"
     yield name
-    for container in client.containers.list(
-        all=True, filters={"label": [f"{MANAGED_BY}={MANAGER}", f"{POOL}={name}"]}
-    ):
-        with contextlib.suppress(docker.errors.NotFound):
-            container.remove(force=True)
+    labels = [f"{MANAGED_BY}={MANAGER}", f"{POOL}={name}"]
+    # Two sweeps: a create still running in a worker thread when the test ended (a
+    # cancelled start) can land between them; the second removes what it left.
+    for sweep in range(2):
+        for row in client.api.containers(all=True, filters={"label": labels}):
+            with contextlib.suppress(docker.errors.NotFound):
+                client.api.remove_container(row["Id"], force=True)
+        if sweep == 0:
+            time.sleep(1.0)
 
 
 @pytest.fixture

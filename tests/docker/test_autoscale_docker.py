@@ -45,7 +45,7 @@ def containers(client: Any, pool: str, all: bool = False) -> list[dict[str, Any]
 
 
 async def test_load_scales_containers_up_and_back_to_one(
-    gateway, client, http, image, pool
+    pool, gateway, client, http, image
 ) -> None:
     gw = await gateway(docker_config(pool, image, "--service-ms", "100", "--slots", "4"))
     scaler = gw.autoscalers[pool]
@@ -60,7 +60,7 @@ async def test_load_scales_containers_up_and_back_to_one(
 
 
 async def test_docker_kill_is_replaced_with_no_client_error(
-    gateway, client, http, image, pool
+    pool, gateway, client, http, image
 ) -> None:
     config = docker_config(pool, image, "--service-ms", "200", min_replicas=2, max_replicas=2)
     gw = await gateway(config)
@@ -83,7 +83,7 @@ async def test_docker_kill_is_replaced_with_no_client_error(
     assert len(statuses) > 10 and set(statuses) == {200}
 
 
-async def test_scale_down_drains_a_long_request(gateway, client, image, pool) -> None:
+async def test_scale_down_drains_a_long_request(pool, gateway, client, image) -> None:
     config = docker_config(
         pool, image, "--tokens", "30", "--token-ms", "100", min_replicas=2, max_replicas=2
     )
@@ -107,7 +107,7 @@ async def test_scale_down_drains_a_long_request(gateway, client, image, pool) ->
     await eventually(lambda: len(containers(client, pool, all=True)) == 1, within=30)
 
 
-async def test_scale_from_zero_answers_the_first_request(gateway, client, image, pool) -> None:
+async def test_scale_from_zero_answers_the_first_request(pool, gateway, client, image) -> None:
     gw = await gateway(docker_config(pool, image, min_replicas=0))
     await asyncio.sleep(0.5)
     assert containers(client, pool, all=True) == []
@@ -127,7 +127,7 @@ class CreateOnly(DockerDriver):
         return await super().start(replace(spec, start=False))
 
 
-async def test_a_gpu_pool_assigns_each_id_once(gateway, client, image, pool) -> None:
+async def test_a_gpu_pool_assigns_each_id_once(pool, gateway, client, image) -> None:
     config = docker_config(
         pool, image, min_replicas=3, max_replicas=3, gpus=[0, 1], gpus_per_replica=1
     )
