@@ -20,7 +20,6 @@ import orjson
 from aiohttp import web
 
 from gateway.metrics import CONTENT_TYPE
-from gateway.proxy import json_error
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -123,6 +122,11 @@ OPENAPI: dict[str, Any] = {
         },
     },
 }  # fmt: skip
+
+
+def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    body = orjson.dumps({"error": message, "status": status})
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
 def read_token(env: str, file: str | None) -> str | None:

@@ -41,11 +41,11 @@ from gateway.pool import Pool
 from gateway.prober import Prober
 from gateway.proxy import Proxy, Router
 from gateway.replica import Replica
+from gateway.server import Exchange, HttpServer
 from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway")
 HEALTHY_BODY = orjson.dumps({"status": "ok"})
-DRAIN_POLL_S = 0.05
 
 
 def static_replica(url: str) -> Replica:
@@ -76,8 +76,8 @@ class Gateway:
         self.recorder = PrometheusRecorder(self)
         self._tasks: set[asyncio.Task[None]] = set()
         self._pool_tasks: dict[str, list[asyncio.Task[None]]] = {}
-        self._listener: web.BaseRunner | None = None
-        self._admin: web.BaseRunner | None = None
+        self._listener: HttpServer | None = None
+        self._admin: web.AppRunner | None = None
         self._reload_lock = asyncio.Lock()
         self.port = 0  # bound ports, known after start() (config may ask for port 0)
         self.admin_port = 0
@@ -104,16 +104,14 @@ class Gateway:
         self.proxy.max_body_bytes = config.max_body_bytes
 
         self.admin_api = AdminApi(self)
-        self._admin, self.admin_port = await self._serve(
-            self.admin_api.app(), config.admin.host, config.admin.port
-        )
+        self._admin, self.admin_port = await self._serve_admin(config.admin.host, config.admin.port)
         await self._start_listener()
         if config.watch_config and self.config_path is not None:
             self._spawn(self._watch_config(Path(self.config_path)))
 
     async def stop(self) -> None:
         if self._listener is not None:
-            await self._stop_listener(self._listener, self.config.drain_timeout_s)
+            await self._listener.close(self.config.drain_timeout_s)
         if self._admin is not None:
             await self._admin.cleanup()
         for task in [*self._tasks, *(t for ts in self._pool_tasks.values() for t in ts)]:
@@ -161,7 +159,7 @@ class Gateway:
             if new.listen != old.listen and self._listener is not None:
                 previous = self._listener
                 await self._start_listener()
-                self._spawn(self._stop_listener(previous, new.drain_timeout_s))
+                self._spawn(previous.close(new.drain_timeout_s))
             if (new.admin.host, new.admin.port) != (old.admin.host, old.admin.port):
                 log.warning("admin address changes take effect at the next start")
             if new.state_dir != old.state_dir:
@@ -265,40 +263,20 @@ class Gateway:
     # -- listeners ---------------------------------------------------------------------
 
     async def _start_listener(self) -> None:
-        # aiohttp's low-level server: every request goes to one handler, with no router,
-        # middleware or Application machinery on the hot path.
-        server = web.Server(self._dispatch, access_log=None)
-        listen = self.config.listen
-        self._listener, self.port = await self._serve(server, listen.host, listen.port)
+        self._listener = HttpServer(self._dispatch)
+        self.port = await self._listener.start(self.config.listen.host, self.config.listen.port)
 
-    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
-        if request.path == "/healthz" and request.method == "GET":
-            return web.Response(body=HEALTHY_BODY, content_type="application/json")
-        return await self.proxy.handle(request)
+    async def _dispatch(self, exchange: Exchange) -> None:
+        if exchange.path == "/healthz" and exchange.method == "GET":
+            exchange.respond(200, [("Content-Type", "application/json")], HEALTHY_BODY)
+            return
+        await self.proxy.handle(exchange)
 
-    async def _stop_listener(self, runner: web.BaseRunner, drain_s: float) -> None:
-        """Stop accepting, let in-flight requests finish (bounded), then close."""
-        for site in list(runner.sites):
-            await site.stop()
-        for _ in range(round(drain_s / DRAIN_POLL_S)):  # nothing to await on: poll, bounded
-            if not any(p.inflight or p.queued for p in self.pools.values()):
-                break
-            await asyncio.sleep(DRAIN_POLL_S)
-        await runner.cleanup()
-
-    async def _serve(
-        self, app: web.Application | web.Server, host: str, port: int
-    ) -> tuple[web.BaseRunner, int]:
-        # access_log off: per-request logs are the proxy's, at debug level. The runner's
-        # own shutdown wait is short: draining happens in _stop_listener first.
-        runner: web.BaseRunner
-        if isinstance(app, web.Server):
-            runner = web.ServerRunner(app, shutdown_timeout=1.0)
-        else:
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    async def _serve_admin(self, host: str, port: int) -> tuple[web.AppRunner, int]:
+        # access_log off: per-request logs are the proxy's, at debug level
+        runner = web.AppRunner(self.admin_api.app(), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, backlog=1024)
-        await site.start()
+        await web.TCPSite(runner, host, port).start()
         bound: int = runner.addresses[0][1]
         return runner, bound
 

@@ -6,7 +6,9 @@ on one already tried. An attempt is retried only while nothing has reached the c
 on no connection, a reset, a timeout before the response head, or a 502/503/504 from the
 replica, and only inside the pool's retry budget. Once the response head arrives the body
 is streamed through as it is produced (SSE, chunked), and the replica's slot is held until
-the last byte, since the model is busy until then.
+the last byte, since the model is busy until then. A client that hangs up before the
+response head cancels its request wherever it is (queued, or waiting on a replica), as
+nginx and Envoy do.
 
 Deadlines: waiting for a slot is bounded by the queue (or cold-start) timeout; from the
 first slot on, ``timeouts.request_s`` bounds the wait for a response head over all
@@ -21,17 +23,14 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-
-import orjson
-from aiohttp import web
-from multidict import CIMultiDict
 
 from gateway.pool import NoCapacity, Pool
 from gateway.recorder import NULL_RECORDER, Recorder
 from gateway.replica import Replica
 from gateway.retry import RETRYABLE_STATUS
+from gateway.server import BadRequest, Exchange, error_response
 from gateway.upstream import ConnectFailed, Upstream, UpstreamError, UpstreamResponse
 
 log = logging.getLogger(__name__)
@@ -60,17 +59,8 @@ CLIENT_CLOSED = 499  # nginx's status for a client that left before its answer w
 BUFFER_LIMIT = 64 * 1024  # responses up to this size with a known length go out in one write
 
 
-def json_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status,
-        body=orjson.dumps({"error": message, "status": status}),
-        content_type="application/json",
-        headers=headers,
-    )
-
-
 def _forwardable(
-    headers: Iterable[tuple[str, str]], connection: str, drop: frozenset[str] = frozenset()
+    headers: Iterable[tuple[str, str]], connection: str | None, drop: frozenset[str] = frozenset()
 ) -> list[tuple[str, str]]:
     """The end-to-end headers: hop-by-hop ones and those that ``Connection`` names out."""
     named = {h.strip().lower() for h in connection.split(",")} if connection else set()
@@ -92,10 +82,11 @@ class _Failed(Exception):
 class _Call:
     """One client request on its way through."""
 
-    request: web.BaseRequest
+    exchange: Exchange
     pool: Pool
     request_id: str
     started: float
+    host_missing: bool = False
 
 
 @dataclass(slots=True)
@@ -134,47 +125,41 @@ class Proxy:
         self.clock = clock
         self.max_body_bytes = 10 * 1024 * 1024  # larger request bodies get 413
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        request_id = request.headers.get("X-Request-ID") or os.urandom(16).hex()
-        pool = self.router.match(request.path)
+    async def handle(self, exchange: Exchange) -> None:
+        request_id = exchange.header("x-request-id") or os.urandom(16).hex()
+        pool = self.router.match(exchange.path)
         if pool is None:
-            return json_error(404, f"no route for {request.path}", {"X-Request-ID": request_id})
-        call = _Call(request, pool, request_id, self.clock())
-        body = await self._read_body(request)
+            message = f"no route for {exchange.path}"
+            error_response(exchange, 404, message, [("X-Request-ID", request_id)])
+            return
+        call = _Call(exchange, pool, request_id, self.clock())
+        try:
+            body = await exchange.body(self.max_body_bytes)
+        except BadRequest as exc:
+            return self._error(call, 400, f"malformed request body: {exc}")
+        except ConnectionResetError:
+            exchange.abort()
+            return self._finish(call, "", CLIENT_CLOSED)
         if body is None:
-            error = json_error(413, f"request body larger than {self.max_body_bytes} bytes")
-            return self._finish(call, "", error)
-        given = request.headers
-        headers = _forwardable(given.items(), given.get("Connection", ""), SET_BY_GATEWAY)
-        peer = request.remote or ""
-        forwarded_for = given.get("X-Forwarded-For")
+            return self._error(call, 413, f"request body larger than {self.max_body_bytes} bytes")
+        headers = _forwardable(exchange.headers, exchange.header("connection"), SET_BY_GATEWAY)
+        peer = exchange.remote
+        forwarded_for = exchange.header("x-forwarded-for")
         headers.append(("X-Forwarded-For", f"{forwarded_for}, {peer}" if forwarded_for else peer))
-        headers.append(("X-Forwarded-Proto", request.scheme))
+        headers.append(("X-Forwarded-Proto", "http"))
         headers.append(("X-Request-ID", request_id))
+        call.host_missing = exchange.header("host") is None
 
         pool.retry_budget.record_request()
-        return await self._forward(call, body, headers)
+        try:
+            await self._forward(call, body, headers)
+        except asyncio.CancelledError:
+            if exchange.client_gone:
+                self._finish(call, "", CLIENT_CLOSED)
+            raise
 
-    async def _read_body(self, request: web.BaseRequest) -> bytes | None:
-        """The whole body, kept so that a retry can resend it; None past the limit."""
-        limit = self.max_body_bytes
-        length = request.content_length
-        if length is not None:  # the common case: one read of a known size
-            if length > limit:
-                return None
-            return await request.content.readexactly(length) if length else b""
-        chunks, size = [], 0
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    async def _forward(
-        self, call: _Call, body: bytes, headers: list[tuple[str, str]]
-    ) -> web.StreamResponse:
-        request, pool = call.request, call.pool
+    async def _forward(self, call: _Call, body: bytes, headers: list[tuple[str, str]]) -> None:
+        pool = call.pool
         timeouts = pool.settings.timeouts
         per_try = timeouts.per_try_s or timeouts.request_s
         attempts = pool.settings.retries.attempts
@@ -198,9 +183,8 @@ class Proxy:
                 if retry:
                     break
                 self.recorder.rejected(pool.name, exc.reason)
-                retry_after = {"Retry-After": str(exc.retry_after_s)}
-                error = json_error(503, f"no capacity: {exc.reason}", retry_after)
-                return self._finish(call, "", error)
+                retry_after = [("Retry-After", str(exc.retry_after_s))]
+                return self._error(call, 503, f"no capacity: {exc.reason}", retry_after)
             except _Failed as exc:
                 failure = exc
                 break
@@ -208,7 +192,7 @@ class Proxy:
             if deadline is None:
                 deadline = self.clock() + timeouts.request_s
             try:
-                answer = await self._send(request, pool, replica, headers, body, per_try, deadline)
+                answer = await self._send(call, replica, headers, body, per_try, deadline)
             except _Failed as exc:
                 failure = exc
                 continue
@@ -225,8 +209,7 @@ class Proxy:
                 pool.release(replica, answer.ttfb_s, status)
                 continue
             return await self._relay(call, answer)
-        error = json_error(failure.status, f"upstream failed: {failure.reason}")
-        return self._finish(call, "", error)
+        self._error(call, failure.status, f"upstream failed: {failure.reason}")
 
     async def _acquire(
         self, pool: Pool, tried: frozenset[str], deadline: float | None
@@ -246,8 +229,7 @@ class Proxy:
 
     async def _send(
         self,
-        request: web.BaseRequest,
-        pool: Pool,
+        call: _Call,
         replica: Replica,
         headers: list[tuple[str, str]],
         body: bytes,
@@ -256,15 +238,18 @@ class Proxy:
     ) -> _Answer:
         """One attempt up to the response head. On success the caller owns the response
         and the slot; on failure (``_Failed``) the slot is already given back."""
+        exchange, pool = call.exchange, call.pool
         timeouts = pool.settings.timeouts
+        if call.host_missing:  # an HTTP/1.0 client may omit Host; HTTP/1.1 requires it
+            headers = [*headers, ("Host", f"{replica.host}:{replica.port}")]
         t0 = self.clock()
         try:
             async with asyncio.timeout(min(per_try_s, deadline - t0)):
                 response = await self.upstream.request(
-                    request.method,
+                    exchange.method,
                     replica.host,
                     replica.port,
-                    request.raw_path,  # byte-exact: path and query as the client sent them
+                    exchange.target,  # byte-exact: path and query as the client sent them
                     headers,
                     body,
                     timeouts.connect_s,
@@ -281,70 +266,83 @@ class Proxy:
             raise
         return _Answer(replica, response, self.clock() - t0)
 
-    async def _relay(self, call: _Call, answer: _Answer) -> web.StreamResponse:
+    async def _relay(self, call: _Call, answer: _Answer) -> None:
         """Pass the response through; nothing after this point may retry. The slot is
         held to the last byte and then released with the replica's outcome: a broken
         upstream stream counts against the replica, a client that went away does not."""
-        upstream, replica, pool = answer.response, answer.replica, call.pool
+        upstream, replica, pool, exchange = (
+            answer.response,
+            answer.replica,
+            call.pool,
+            call.exchange,
+        )
         outcome: int | None = upstream.status
         try:
-            headers = CIMultiDict(_forwardable(upstream.headers, ""))
-            headers["X-Request-ID"] = call.request_id
+            headers = _forwardable(upstream.headers, "", SET_BY_GATEWAY)
+            headers.append(("X-Request-ID", call.request_id))
             if answer.cold_wait_s is not None:
-                headers["X-Cold-Start-Wait"] = f"{answer.cold_wait_s:.3f}"
+                headers.append(("X-Cold-Start-Wait", f"{answer.cold_wait_s:.3f}"))
                 self.recorder.cold_start_wait(pool.name, answer.cold_wait_s)
             length = upstream.content_length
-            if length is not None and length <= BUFFER_LIMIT:
+            if length is not None and length <= BUFFER_LIMIT and exchange.method != "HEAD":
                 try:
                     data = await upstream.read()
                 except (UpstreamError, TimeoutError):
                     outcome = None
-                    error = json_error(502, "upstream failed: broken response")
-                    return self._finish(call, replica.id, error)
-                response = web.Response(status=upstream.status, body=data, headers=headers)
-                return self._finish(call, replica.id, response)
-            stream = web.StreamResponse(status=upstream.status, headers=headers)
-            if length is not None:
-                stream.content_length = length
-            await stream.prepare(call.request)
+                    message = "upstream failed: broken response"
+                    return self._error(call, 502, message, replica_id=replica.id)
+                exchange.respond(upstream.status, headers, data)
+                gone = exchange.client_gone
+                return self._finish(call, replica.id, CLIENT_CLOSED if gone else upstream.status)
+            exchange.start(upstream.status, headers, length)
             while True:
                 try:
                     chunk = await upstream.readany()
                 except (UpstreamError, TimeoutError):
                     outcome = None
-                    raise  # the client sees a cut-off body, never a clean end
+                    exchange.abort()  # the client sees a cut-off body, never a clean end
+                    return self._finish(call, replica.id, 502)
                 if not chunk:
                     break
                 try:
-                    await stream.write(chunk)
+                    await exchange.write(chunk)
                 except ConnectionResetError:  # the client went away: not the replica's fault
-                    return self._finish(call, replica.id, stream, CLIENT_CLOSED)
-            await stream.write_eof()
-            return self._finish(call, replica.id, stream)
+                    exchange.abort()
+                    return self._finish(call, replica.id, CLIENT_CLOSED)
+            exchange.end()
+            self._finish(call, replica.id, upstream.status)
         finally:
             upstream.release()
             pool.release(replica, answer.ttfb_s, outcome)
 
-    def _finish(
-        self, call: _Call, replica_id: str, response: web.StreamResponse, status: int = 0
-    ) -> web.StreamResponse:
-        """Count and (at debug level) log a finished request; every answer carries its id."""
-        status = status or response.status
+    def _error(
+        self,
+        call: _Call,
+        status: int,
+        message: str,
+        headers: list[tuple[str, str]] | None = None,
+        replica_id: str = "",
+    ) -> None:
+        """An answer from the gateway itself; like every answer, it carries the id."""
+        error_response(
+            call.exchange, status, message, [("X-Request-ID", call.request_id), *(headers or [])]
+        )
+        self._finish(call, replica_id, status)
+
+    def _finish(self, call: _Call, replica_id: str, status: int) -> None:
+        """Count and (at debug level) log a finished request."""
         elapsed = self.clock() - call.started
-        if not response.prepared:
-            response.headers["X-Request-ID"] = call.request_id
         self.recorder.request_done(call.pool.name, replica_id, status, elapsed)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "request",
                 extra={
                     "request_id": call.request_id,
-                    "method": call.request.method,
-                    "path": call.request.path,
+                    "method": call.exchange.method,
+                    "path": call.exchange.path,
                     "pool": call.pool.name,
                     "replica": replica_id,
                     "status": status,
                     "latency_ms": round(elapsed * 1000, 3),
                 },
             )
-        return response
