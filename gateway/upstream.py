@@ -133,6 +133,10 @@ class _Connection(asyncio.Protocol):
             self.head.set_exception(error)
         self._wake()
 
+    def time_out(self) -> None:
+        if self.head is not None and not self.head.done():
+            self.head.set_exception(TimeoutError())
+
     def _wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
@@ -212,13 +216,17 @@ class Upstream:
         headers: Iterable[tuple[str, str]],
         body: bytes,
         connect_timeout_s: float,
+        head_timeout_s: float,
         read_timeout_s: float,
     ) -> UpstreamResponse:
-        """Send a request and wait for the response head (the caller bounds that wait).
-        Raises ConnectFailed, Disconnected, or TimeoutError on the connect timeout."""
+        """Send a request and wait for the response head, ``head_timeout_s`` at most from
+        now, connecting included. Raises ConnectFailed, Disconnected, or TimeoutError."""
         key = (host, port)
         loop = asyncio.get_running_loop()
-        conn = self._take(key) or await self._connect(loop, host, port, connect_timeout_s)
+        deadline = loop.time() + head_timeout_s
+        conn = self._take(key) or await self._connect(
+            loop, host, port, min(connect_timeout_s, head_timeout_s)
+        )
         head = conn.begin(loop)
         lines = [f"{method} {target} HTTP/1.1\r\n"]
         lines.extend(f"{name}: {value}\r\n" for name, value in headers)
@@ -227,11 +235,15 @@ class Upstream:
         lines.append("\r\n")
         assert conn.transport is not None
         conn.transport.write("".join(lines).encode("utf-8", "surrogateescape") + body)
+        # a timer rather than asyncio.timeout: no task cancellation on the hot path
+        timer = loop.call_at(deadline, conn.time_out)
         try:
             await head
         except BaseException:
             conn.close()  # a cancelled or failed exchange leaves the connection unusable
             raise
+        finally:
+            timer.cancel()
         if method == "HEAD":  # no body follows, whatever Content-Length says
             conn.complete, conn.keep_alive = True, False
         return UpstreamResponse(self, key, conn, read_timeout_s)
