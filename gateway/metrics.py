@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.policies import PeakEwma
 from gateway.recorder import Recorder
 
 if TYPE_CHECKING:
@@ -164,14 +165,21 @@ class _Gauges(Collector):
         up = gauge("gateway_replica_up", "Active health verdict (1 up)", "pool", "replica")
         ejected = gauge("gateway_replica_ejected", "1 while ejected", "pool", "replica")
         depth = gauge("gateway_queue_depth", "Requests waiting for a slot", "pool")
+        estimate = gauge(
+            "gateway_replica_latency_estimate_seconds",
+            "peak_ewma's latency estimate, before the in-flight factor", "pool", "replica",
+        )  # fmt: skip
         for pool in self.observed.pools.values():
             now = pool.clock()
             depth.add_metric([pool.name], pool.queued)
+            policy = pool.policy if isinstance(pool.policy, PeakEwma) else None
             for r in pool.replicas.values():
                 inflight.add_metric([pool.name, r.id], r.inflight)
                 up.add_metric([pool.name, r.id], float(r.health.up))
                 ejected.add_metric([pool.name, r.id], float(r.health.ejected(now)))
-        yield from (inflight, up, ejected, depth)
+                if policy is not None:
+                    estimate.add_metric([pool.name, r.id], policy.estimate(r))
+        yield from (inflight, up, ejected, depth, estimate)
 
         replicas = gauge("gateway_replicas", "Managed replicas by state", "pool", "state")
         desired = gauge("gateway_replicas_desired", "The autoscaler's decision", "pool")

@@ -8,6 +8,7 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.component.conftest import Backend, crash, pool_config
 from tests.conftest import eventually
@@ -50,6 +51,15 @@ async def test_a_5x_slower_replica_gets_little_traffic(
     assert statuses.count(200) == len(statuses)
     share = slow.hits / sum(b.hits for b in [*fast, slow])
     assert share < most, share
+    if policy == "peak_ewma":  # operators can see why: the estimates are exported
+        text = gw.recorder.exposition().decode()
+        estimates = {
+            s.labels["replica"]: s.value
+            for f in text_string_to_metric_families(text)
+            if f.name == "gateway_replica_latency_estimate_seconds"
+            for s in f.samples
+        }
+        assert max(estimates, key=estimates.__getitem__) == slow.url.removeprefix("http://")
 
 
 @pytest.mark.parametrize("policy", ["peak_ewma", "least_connections"])
