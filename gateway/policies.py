@@ -143,8 +143,10 @@ def _peak_ewma(old: float, stamp: float, sample: float, now: float, decay_s: flo
 class PeakEwma:
     """Response-time weighting: cost = latency estimate x (inflight + 1), cheapest wins.
 
-    * Samples update a peak-EWMA (see ``_peak_ewma``); a new replica starts at
-      ``default_rtt_s``.
+    * Samples update a peak-EWMA (see ``_peak_ewma``). A replica without samples costs
+      ``default_rtt_s``; its first sample replaces that guess outright (as in Finagle),
+      since blending a measurement with a guess under a 10 s decay would leave a fast
+      new replica looking like the guess for tens of seconds.
     * A failure (``ok=False``: connect error, timeout, 5xx, 429) is recorded as the sample
       ``max(latency_s, penalty_s, PENALTY_FACTOR x the success-only EWMA)``, so a replica
       answering instant 500s looks slow, not fast (Linkerd 11669). The penalty is based on
@@ -206,9 +208,8 @@ class PeakEwma:
     def on_end(self, replica: Replica, latency_s: float, ok: bool) -> None:
         now = self.clock()
         s = self._state.get(replica.id)
-        if s is None:
-            d = self.default_rtt_s
-            s = self._state[replica.id] = _Ewma(d, now, d, now)
+        if s is None:  # from zero, so the peak rule makes the first sample the estimate
+            s = self._state[replica.id] = _Ewma(0.0, now, 0.0, now)
         if ok:
             sample = latency_s
             s.ok_value = _peak_ewma(s.ok_value, s.ok_stamp, sample, now, self.decay_s)

@@ -226,6 +226,15 @@ def test_ewma_moves_toward_new_samples_with_time(
     assert policy.estimate(r) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("first", [0.001, 0.01, 0.3])
+def test_the_first_sample_replaces_the_default_outright(first: float) -> None:
+    policy, _ = new("peak_ewma")
+    assert isinstance(policy, PeakEwma)
+    (r,) = replicas("a")
+    policy.on_end(r, first, True)
+    assert policy.estimate(r) == pytest.approx(first)  # a measurement, not a blend with 30 ms
+
+
 @pytest.mark.parametrize(
     ("history", "failure_latency", "expected"),
     [
