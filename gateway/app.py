@@ -36,7 +36,7 @@ from gateway.drivers import Driver
 from gateway.drivers.process import ProcessDriver
 from gateway.gpus import GpuLedger, discover_gpus
 from gateway.metrics import PrometheusRecorder
-from gateway.policies import make_policy
+from gateway.policies import Policy, make_policy
 from gateway.pool import Pool
 from gateway.prober import Prober
 from gateway.proxy import Proxy, Router
@@ -187,17 +187,22 @@ class Gateway:
     # -- pools -------------------------------------------------------------------------
 
     def _add_pool(self, name: str, settings: PoolSettings) -> None:
-        policy = make_policy(settings.policy, clock=self.clock, rng=self.rng)
-        pool = Pool(name, settings, policy, self.clock, self.recorder)
+        pool = Pool(name, settings, self._policy(settings), self.clock, self.recorder)
         pool.set_replicas(static_replica(url) for url in settings.backends)
         self.pools[name] = pool
         self._pool_tasks[name] = [asyncio.create_task(Prober(pool, self.session).run())]
         if settings.autoscale is not None:
             self._autoscale(pool, settings.autoscale)
 
+    def _policy(self, settings: PoolSettings) -> Policy:
+        # peak_ewma counts busy slots as a share of the replica's cap (see PeakEwma)
+        slots = settings.max_inflight_per_replica
+        params = {"slots": slots} if settings.policy == "peak_ewma" else {}
+        return make_policy(settings.policy, clock=self.clock, rng=self.rng, **params)
+
     async def _update_pool(self, pool: Pool, old: PoolSettings, new: PoolSettings) -> None:
-        if new.policy != old.policy:
-            pool.use_policy(make_policy(new.policy, clock=self.clock, rng=self.rng))
+        if (new.policy, new.max_inflight_per_replica) != (old.policy, old.max_inflight_per_replica):
+            pool.use_policy(self._policy(new))
         pool.apply(new)
         scaler = self.autoscalers.get(pool.name)
         same_driver = (

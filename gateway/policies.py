@@ -141,7 +141,8 @@ def _peak_ewma(old: float, stamp: float, sample: float, now: float, decay_s: flo
 
 
 class PeakEwma:
-    """Response-time weighting: cost = latency estimate x (inflight + 1), cheapest wins.
+    """Response-time weighting: cost = latency estimate x (1 + inflight / slots), cheapest
+    wins; ``slots`` is the pool's ``max_inflight_per_replica``.
 
     * Samples update a peak-EWMA (see ``_peak_ewma``). A replica without samples costs
       ``default_rtt_s``; its first sample replaces that guess outright (as in Finagle),
@@ -155,8 +156,13 @@ class PeakEwma:
       ``default_rtt_s`` with the same time constant, by the time since the last sample: a
       replica that was slow or failing once, and therefore gets no traffic, becomes
       attractive again after a while and is re-measured instead of being shunned forever.
-    * The ``(inflight + 1)`` factor keeps a new or fast replica from being flooded: each
-      request it takes raises its cost, so load spreads in proportion to 1 / latency.
+    * The in-flight factor keeps a new or fast replica from being flooded: each request it
+      takes raises its cost, so load spreads in proportion to 1 / latency. With one slot it
+      is Finagle's ``(inflight + 1)``. A model server with several slots answers them side
+      by side (batching), so the factor counts busy slots as a share: a fast replica with 3
+      of 4 slots busy still answers in its usual time, and the serial ``inflight + 1``
+      would price it at 4x and send work to a 5x slower idle replica instead. Queueing
+      inside a replica still shows, as latency, in its estimate.
     * Full scan for up to ``FULL_SCAN_MAX`` candidates, power of two choices above;
       random tie-break in both.
     """
@@ -169,10 +175,12 @@ class PeakEwma:
         decay_s: float = 10.0,
         default_rtt_s: float = 0.03,
         penalty_s: float = 1.0,
+        slots: int = 1,
     ) -> None:
-        if min(decay_s, default_rtt_s, penalty_s) <= 0:
-            raise ValueError("peak_ewma: decay_s, default_rtt_s and penalty_s must be > 0")
+        if min(decay_s, default_rtt_s, penalty_s, slots) <= 0:
+            raise ValueError("peak_ewma: decay_s, default_rtt_s, penalty_s, slots must be > 0")
         self.clock = clock
+        self.slots = slots
         self.rng = rng
         self.decay_s = decay_s
         self.default_rtt_s = default_rtt_s
@@ -196,7 +204,7 @@ class PeakEwma:
         now = self.clock()
 
         def cost(r: Replica) -> float:
-            return self._estimate(r, now) * (r.inflight + 1)
+            return self._estimate(r, now) * (1.0 + r.inflight / self.slots)
 
         if len(candidates) <= FULL_SCAN_MAX:
             return _full_scan(candidates, cost, self.rng)
@@ -234,7 +242,7 @@ POLICY_NAMES: frozenset[str] = frozenset(POLICIES)
 
 def make_policy(name: str, *, clock: Clock, rng: random.Random, **params: float) -> Policy:
     """A new policy by its config name; ``params`` go to its constructor (peak_ewma takes
-    ``decay_s``, ``default_rtt_s``, ``penalty_s``). Unknown names raise ValueError."""
+    ``decay_s``, ``default_rtt_s``, ``penalty_s``, ``slots``). Unknown names raise ValueError."""
     try:
         factory = POLICIES[name]
     except KeyError:

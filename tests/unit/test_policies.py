@@ -226,6 +226,22 @@ def test_ewma_moves_toward_new_samples_with_time(
     assert policy.estimate(r) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize(("slots", "busy_fast", "expected"), [
+    (1, 1, "fast"),  # one slot: 10 ms x 2 still beats 50 ms
+    (1, 4, "slow"),  # 10 ms x 5: the serial (in-flight + 1) factor
+    (4, 3, "fast"),  # 4 slots, 3 busy: 10 ms x 1.75, the fast one answers in its usual time
+])  # fmt: skip
+def test_peak_ewma_counts_busy_slots_as_a_share_of_the_cap(
+    slots: int, busy_fast: int, expected: str
+) -> None:
+    policy, _ = new("peak_ewma", slots=slots)
+    fast, slow = replicas("fast", "slow")
+    policy.on_end(fast, 0.01, True)
+    policy.on_end(slow, 0.05, True)
+    fast.inflight = busy_fast
+    assert policy.pick([fast, slow]) is (fast if expected == "fast" else slow)
+
+
 @pytest.mark.parametrize("first", [0.001, 0.01, 0.3])
 def test_the_first_sample_replaces_the_default_outright(first: float) -> None:
     policy, _ = new("peak_ewma")
