@@ -15,6 +15,10 @@ It has its own small sender rather than ``run_load``: the figures are per-second
 request's schedule and outcome, while ``run_load`` returns one summary per run. Its parts
 (error kinds, percentiles, the request body) are reused, and the sender is open-loop in the
 same way: arrivals drawn up front, each request its own task.
+
+``bench`` runs any ``Plan`` (phases whose second one is the step, and autoscaler settings
+over ``SCALE``): ``python -m load.bench burst`` and ``from-zero`` (``min_replicas`` 0, idle
+before and after the step) run theirs through it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import math
 import os
@@ -31,6 +36,7 @@ import signal
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,22 +58,49 @@ SCALE = {  # short windows so a two-minute run shows a whole up and down cycle
     "scale_down_delay_s": 5.0, "tick_s": 0.5, "drain_timeout_s": 10.0, "on_exit": "stop",
 }  # fmt: skip
 Shot = dict[str, Any]  # at (scheduled), sent, done: s from the start; latency s; outcome
+Phase = tuple[str, float, float]  # name, arrivals per second (0: none), seconds
 
 
-def gateway_config(args: argparse.Namespace, port: int, admin: int, state: Path) -> Any:
+@dataclass(frozen=True)
+class Plan:
+    """One run: the load phases, the second of which is the step the autoscaler must
+    follow, the autoscaler's settings that differ from ``SCALE``, and the sim flags of a
+    replica."""
+
+    phases: tuple[Phase, ...]
+    scale: dict[str, Any] = field(default_factory=dict)
+    replica: dict[str, Any] = field(default_factory=lambda: dict(REPLICA))
+    seed: int = 1
+    timeout: float = 30.0  # per request, s
+
+    @property
+    def bounds(self) -> tuple[float, float, float]:
+        """When the step starts, when it ends, and when the run ends (s)."""
+        ends = list(itertools.accumulate(length for _, _, length in self.phases))
+        return ends[0], ends[1], ends[-1]
+
+
+def step_plan(base_rate: float, burst_x: float, phase_s: float, **scale: Any) -> Plan:
+    """Steady, a step to ``burst_x`` times the rate for 1.5 phases, then 2 phases of the
+    base rate again, so that the scale-down shows."""
+    phases = (("steady", base_rate, phase_s), ("burst", base_rate * burst_x, 1.5 * phase_s),
+              ("after", base_rate, 2 * phase_s))  # fmt: skip
+    return Plan(phases, scale)
+
+
+def gateway_config(plan: Plan, port: int, admin: int, state: Path) -> Any:
     """Like config/gateway.yaml, with the gateway's queue as the only place requests wait
     (``max_inflight_per_replica`` = the sim's slots), so concurrency is what it measures."""
     sim = ["{python}", "-m", "backends.sim", "--port", "{port}"]
-    sim += [f"--{key.replace('_', '-')}={value}" for key, value in REPLICA.items()]
-    autoscale = {"driver": "process", "command": sim, **SCALE}
-    autoscale["target_concurrency"] = args.target_concurrency
+    sim += [f"--{key.replace('_', '-')}={value}" for key, value in plan.replica.items()]
+    autoscale = {"driver": "process", "command": sim, **SCALE, **plan.scale}
     return {
         "listen": {"host": "127.0.0.1", "port": port},
         "admin": {"host": "127.0.0.1", "port": admin},
         "routes": [{"path": "/predict", "pool": POOL}],
         "drain_timeout_s": 10, "log_format": "json", "state_dir": str(state),
         "pools": {POOL: {
-            "max_inflight_per_replica": REPLICA["slots"],
+            "max_inflight_per_replica": plan.replica["slots"],
             "queue": {"max_size": 1024, "timeout_s": 10},
             "health": {"interval_s": 1},
             "autoscale": autoscale,
@@ -75,11 +108,11 @@ def gateway_config(args: argparse.Namespace, port: int, admin: int, state: Path)
     }  # fmt: skip
 
 
-def arrivals(phases: list[tuple[str, float, float]], seed: int) -> list[Shot]:
+def arrivals(phases: tuple[Phase, ...], seed: int) -> list[Shot]:
     """Poisson arrivals, phase by phase; memoryless, so restarting at a boundary is exact."""
     rng, shots, start = random.Random(seed), [], 0.0
     for name, rate, length in phases:
-        at = start + rng.expovariate(rate)
+        at = start + rng.expovariate(rate) if rate > 0 else start + length  # idle: none
         while at < start + length:
             shots.append({"phase": name, "at": at, "sent": None, "done": None,
                           "latency": None, "outcome": "unsent"})  # fmt: skip
@@ -207,15 +240,16 @@ def reap(pids: dict[int, str], grace_s: float = 5.0) -> list[int]:
 
 
 def analyse(shots: list[Shot], samples: list[dict[str, float]], events: list[Any],
-            bounds: tuple[float, float, float]) -> dict[str, Any]:  # fmt: skip
+            plan: Plan) -> dict[str, Any]:  # fmt: skip
     """Per-phase figures, headline numbers and per-second series from the raw records."""
-    burst_at, after_at, end = bounds
-    groups: dict[str, list[Shot]] = {"steady": [], "burst": [], "burst, 2nd half": [],
-                                     "after": [], "all": shots}  # fmt: skip
+    burst_at, after_at, end = plan.bounds
+    (first, _, _), (step, _, _), *rest = plan.phases
+    groups: dict[str, list[Shot]] = {first: [], step: [], f"{step}, 2nd half": []}
+    groups |= {name: [] for name, _, _ in rest} | {"all": shots}
     for s in shots:
         groups[s["phase"]].append(s)
-        if s["phase"] == "burst" and s["at"] >= (burst_at + after_at) / 2:
-            groups["burst, 2nd half"].append(s)
+        if s["phase"] == step and s["at"] >= (burst_at + after_at) / 2:
+            groups[f"{step}, 2nd half"].append(s)
     phases = {}
     for name, group in groups.items():
         ok = [s["latency"] for s in group if s["outcome"] == "ok"]
@@ -300,6 +334,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     series, (burst_at, after_at, _) = result["series"], result["bounds"]
+    step = result["phases_spec"][1][0]
     seconds = [i + 0.5 for i in range(len(series["offered_rps"]))]
     fig, (rate, p99, reps) = plt.subplots(3, 1, sharex=True, figsize=(10, 8))
     rate.plot(seconds, series["offered_rps"], label="offered (sent per s)", color="0.5")
@@ -320,44 +355,47 @@ def plot(result: dict[str, Any], path: Path) -> None:
     reps.set_ylabel("replicas")
     reps.set_xlabel("time since the load started (s)")
     for ax in (rate, p99, reps):
-        ax.axvspan(burst_at, after_at, color="orange", alpha=0.15, label="burst")
+        ax.axvspan(burst_at, after_at, color="orange", alpha=0.15, label=step)
         ax.grid(alpha=0.3)
         ax.legend(loc="upper right", fontsize="small")
-    a = result["args"]
-    fig.suptitle(f"burst: {a['base_rate']:g} rps -> x{a['burst_x']:g} -> {a['base_rate']:g} rps;"
-                 f" sim replicas {REPLICA['service_ms']} ms x {REPLICA['slots']} slots,"
-                 f" target concurrency {a['target_concurrency']:g}")  # fmt: skip
+    rates = " -> ".join(f"{r:g}" for _, r, _ in result["phases_spec"])
+    scale = result["config"]["pools"][POOL]["autoscale"]
+    replica = " ".join(scale["command"][5:])  # the sim's flags
+    fig.suptitle(f"{rates} rps; {scale['min_replicas']}-{scale['max_replicas']} replicas"
+                 f" ({replica}), target concurrency {scale['target_concurrency']:g}")  # fmt: skip
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    """Start the gateway, run the phases, stop everything, and check nothing is left."""
-    s = args.phase_s
-    phases = [("steady", args.base_rate, s), ("burst", args.base_rate * args.burst_x, 1.5 * s),
-              ("after", args.base_rate, 2 * s)]  # fmt: skip
-    bounds = (s, 2.5 * s, 4.5 * s)
+async def bench(plan: Plan, logs: Path) -> dict[str, Any]:
+    """Start the gateway, run the phases, stop everything, and check nothing is left.
+    ``logs`` gets the gateway's config and log."""
     state = Path(tempfile.mkdtemp(prefix="burst-state-"))
     port, admin = free_port(), free_port()
-    config = gateway_config(args, port, admin, state)
+    config = gateway_config(plan, port, admin, state)
+    from_zero = config["pools"][POOL]["autoscale"]["min_replicas"] == 0
+    end = plan.bounds[2]
     pids: dict[int, str] = {}
     samples: list[dict[str, float]] = []
-    (logs := OUT / "burst-logs").mkdir(parents=True, exist_ok=True)  # gateway.log, config
     with Procs(log_dir=logs, grace_s=40) as procs:
         try:
             cfg = write_config(procs.log_dir / "gateway.yaml", config)
             gw = procs.start("gateway", python("gateway", "run", "--config", str(cfg)))
             url = f"http://127.0.0.1:{port}/predict"
-            await wait_for_url(url, within=60, proc=gw, method="POST", body=DEFAULT_BODY)
-            shots, stop = arrivals(phases, args.seed), asyncio.Event()
+            if from_zero:  # a request would start a replica: ask the gateway itself
+                await wait_for_url(f"http://127.0.0.1:{port}/healthz", within=60, proc=gw)
+            else:
+                await wait_for_url(url, within=60, proc=gw, method="POST", body=DEFAULT_BODY)
+            shots, stop = arrivals(plan.phases, plan.seed), asyncio.Event()
             start, wall0 = time.perf_counter(), time.time()
             scrape = f"http://127.0.0.1:{admin}/metrics"
             sampler = asyncio.create_task(
-                sample(scrape, start, stop, int(5 * s + 60), samples, state, pids)
+                sample(scrape, start, stop, int(end + 60), samples, state, pids)
             )
-            await send(url, shots, start, args.timeout)
+            await send(url, shots, start, plan.timeout)
+            await asyncio.sleep(start + end - time.perf_counter())  # idle phases at the end
             stop.set()
             await sampler
         finally:
@@ -365,9 +403,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             leftover = reap(pids)
             shutil.rmtree(state, ignore_errors=True)
     events = log_events(procs.log_path("gateway"), wall0)
-    result = analyse(shots, samples, events, bounds)
-    printable = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    return {"args": printable, "config": config, "phases_spec": phases, "bounds": bounds,
+    result = analyse(shots, samples, events, plan)
+    return {"config": config, "phases_spec": plan.phases, "bounds": plan.bounds,
             "machine": {"cpus": os.cpu_count()}, **result, "leftover_pids": leftover,
             "replica_pids_seen": len(pids),
             "samples": samples, "events": events, "shots": shots}  # fmt: skip
@@ -389,7 +426,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.base_rate <= 0 or args.burst_x <= 0 or not 1 <= args.phase_s <= 120:
         p.error("need --base-rate > 0, --burst-x > 0 and 1 <= --phase-s <= 120")
-    result = uvloop.run(bench(args))
+    plan = step_plan(args.base_rate, args.burst_x, args.phase_s,
+                     target_concurrency=args.target_concurrency)  # fmt: skip
+    plan = dataclasses.replace(plan, seed=args.seed, timeout=args.timeout)
+    result = uvloop.run(bench(plan, OUT / "burst-logs"))
     print(table(result))
     plot(result, args.png)
     print(f"figure: {args.png}")

@@ -31,6 +31,7 @@ class Procs:
 
     def __init__(self, log_dir: Path | None = None, grace_s: float = 10.0) -> None:
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="load-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         self.grace_s = grace_s
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -51,17 +52,26 @@ class Procs:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def stop(self, name: str, *, kill: bool = False) -> None:
+        """Stop one process: SIGTERM, then SIGKILL after the grace; ``kill`` sends SIGKILL
+        at once (a crash, as benchmarks inject). Its name stays, so it can be started again."""
+        proc = self.procs[name]
+        if proc.poll() is None:
+            if kill:
+                proc.kill()
+            else:
+                proc.terminate()
+            try:
+                proc.wait(self.grace_s)
+            except subprocess.TimeoutExpired:
+                print(f"{name} (pid {proc.pid}) ignored SIGTERM; killing it", file=sys.stderr)
+                proc.kill()
+                proc.wait()
+
     def stop_all(self) -> None:
         """Terminate every process, newest first; kill those still alive after the grace."""
-        for name, proc in reversed(list(self.procs.items())):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(self.grace_s)
-                except subprocess.TimeoutExpired:
-                    print(f"{name} (pid {proc.pid}) ignored SIGTERM; killing it", file=sys.stderr)
-                    proc.kill()
-                    proc.wait()
+        for name in reversed(list(self.procs)):
+            self.stop(name)
         self.procs.clear()
 
     def __enter__(self) -> Procs:
@@ -138,6 +148,18 @@ def cpu_seconds(pid: int) -> float | None:
     return None
 
 
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU time of a process and of its live descendants (nginx's workers), or None."""
+    total = cpu_seconds(pid)
+    if total is None:
+        return None
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError, ValueError):
+            for child in (task / "children").read_text().split():
+                total += tree_cpu_seconds(int(child)) or 0.0
+    return total
+
+
 def write_report(path: Path, settings: dict[str, Any], results: dict[str, Any]) -> None:
     """A benchmark's JSON: its settings, the machine it ran on, and its results."""
     environment = {
@@ -147,5 +169,6 @@ def write_report(path: Path, settings: dict[str, Any], results: dict[str, Any]) 
     }
     kept = {k: str(v) if isinstance(v, Path) else v for k, v in settings.items() if k != "json"}
     document = {"settings": kept, "environment": environment, **results}
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
     print(f"wrote {path}")

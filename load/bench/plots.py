@@ -1,0 +1,80 @@
+"""One figure per scenario: per-second latency, errors and r0's share, a line per contestant.
+
+Each contestant keeps its colour across panels; the line style tells the program (the
+gateway solid, HAProxy dashed, nginx dotted, direct dash-dot). The scenario's actions are
+vertical lines. Seconds are of the schedule: a request counts in the second it was due,
+so a slow answer shows where it hurt, not when it finally came back. matplotlib is
+imported here only, when a figure is drawn (the ``load`` extra).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+STYLES = {"gateway": "-", "haproxy": "--", "nginx": ":", "direct": "-."}
+
+
+def plot_scenario(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, PercentFormatter
+
+    runs = result["runs"]
+    panels = 4 if result["watch"] else 3
+    fig, axes = plt.subplots(panels, 1, sharex=True, figsize=(11, 2.6 * panels + 1))
+    p50, p99, errors = axes[0], axes[1], axes[2]
+    for i, run in enumerate(runs):
+        series = run["series"]
+        t = [row["t"] + 0.5 for row in series]
+        style = {"color": f"C{i % 10}", "ls": STYLES[run["kind"]],
+                 "lw": 2.2 if run["contestant"] == "gateway-peak_ewma" else 1.3,
+                 "label": run["contestant"]}  # fmt: skip
+        p50.plot(t, _latency(series, "p50"), **style)
+        p99.plot(t, _latency(series, "p99"), **style)
+        errors.plot(t, [sum(row["errors"].values()) for row in series], **style)
+        if result["watch"]:
+            share = [row["replicas"].get("r0", 0) / max(sum(row["replicas"].values()), 1)
+                     for row in series]  # fmt: skip
+            axes[3].plot(t, share, **style)
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    for ax, label in ((p50, "p50 latency (ms, log)"), (p99, "p99 latency (ms, log)")):
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # 1, 2, 5, 10, 20, 50, ...
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylabel(label)
+    errors.set_yscale("symlog", linthresh=1)  # 0 stays visible, 1 to thousands readable
+    errors.yaxis.set_major_formatter(plain)
+    errors.set_ylim(bottom=0, top=max(errors.get_ylim()[1], 10))
+    errors.set_ylabel("client errors per s\n(any non-2xx, timeouts)")
+    if result["watch"]:
+        axes[3].set_ylabel("share of answers\nfrom r0")
+        axes[3].yaxis.set_major_formatter(PercentFormatter(1.0))
+        axes[3].set_ylim(0, 1)
+    for ax in axes:
+        for action in result["actions"]:
+            ax.axvline(action["at_s"], color="0.3", lw=1, alpha=0.6)
+        ax.grid(alpha=0.3)
+    for action in result["actions"]:
+        p50.annotate(action["action"], (action["at_s"], 1), xycoords=("data", "axes fraction"),
+                     xytext=(3, -12), textcoords="offset points", fontsize="small")  # fmt: skip
+    axes[-1].set_xlabel(
+        "time since the load started (s); requests counted in the second they were due"
+    )
+    p50.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    o = result["options"]
+    fig.suptitle(f"{result['scenario']}: {result['about']}\n{result['rate']:g} rps offered, "
+                 f"burstiness {o['burstiness']:g}, {o['duration']:g} s per contestant",
+                 fontsize="medium")  # fmt: skip
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _latency(series: list[dict[str, Any]], q: str) -> list[float]:
+    """Percentile ``q`` per second; a gap where no request of that second succeeded."""
+    return [row["latency_ms"][q] if row["ok"] else float("nan") for row in series]
