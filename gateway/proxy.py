@@ -30,7 +30,7 @@ from gateway.pool import NoCapacity, Pool
 from gateway.recorder import NULL_RECORDER, Recorder
 from gateway.replica import Replica
 from gateway.retry import RETRYABLE_STATUS
-from gateway.server import BadRequest, Exchange, error_response
+from gateway.server import BadRequest, BodyTimeout, Exchange, error_response
 from gateway.upstream import ConnectFailed, Upstream, UpstreamError, UpstreamResponse
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,8 @@ class Proxy:
             body = await exchange.body(self.max_body_bytes)
         except BadRequest as exc:
             return self._error(call, 400, f"malformed request body: {exc}")
+        except BodyTimeout as exc:
+            return self._error(call, 408, f"request body timed out: {exc}")
         except ConnectionResetError:
             exchange.abort()
             return self._finish(call, "", CLIENT_CLOSED)

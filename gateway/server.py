@@ -8,7 +8,8 @@ a narrow server, and this is it:
 * a request is handed to the handler as soon as its head has arrived, so a 404 or a 413
   does not wait for the body; the body is read on demand, with ``100 Continue`` sent when
   the client asked for it, and the socket is paused while nobody reads, so a large body
-  is pulled in only as fast as it is consumed;
+  is pulled in only as fast as it is consumed; a client silent for ``BODY_TIMEOUT_S``
+  mid-body, or for ``IDLE_TIMEOUT_S`` before a request head is complete, is let go;
 * requests on one connection are answered in order (pipelined ones wait their turn); a
   client that hangs up before its answer began has its request cancelled, so a queue
   place or a replica is not kept busy for an answer nobody will read;
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 HIGH_WATER = 256 * 1024  # write buffer above which a stream waits; body bytes held unread
 IDLE_TIMEOUT_S = 75.0  # a keep-alive connection with no request open is closed after this
+BODY_TIMEOUT_S = 30.0  # the longest silence while a request body is being read
 MAX_PIPELINED = 16  # requests queued on one connection before it stops being read
 REASONS = {s.value: s.phrase for s in HTTPStatus}
 NO_BODY_STATUS = frozenset({204, 304})
@@ -47,6 +49,10 @@ Handler = Callable[["Exchange"], Awaitable[None]]
 
 class BadRequest(Exception):
     """The request body's framing is malformed."""
+
+
+class BodyTimeout(Exception):
+    """The client stopped sending its request body."""
 
 
 class Exchange:
@@ -140,7 +146,10 @@ class Exchange:
             self._waiter = conn.loop.create_future()
             conn.resume_reading()
             try:
-                await self._waiter
+                async with asyncio.timeout(BODY_TIMEOUT_S):  # off the hot path: rare wait
+                    await self._waiter
+            except TimeoutError:
+                raise BodyTimeout(f"no body bytes for {BODY_TIMEOUT_S:g} s") from None
             finally:
                 self._waiter = None
         if self._size > limit:

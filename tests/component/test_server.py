@@ -249,3 +249,15 @@ async def test_a_client_hanging_up_frees_its_replica_slot_and_queue_place(backen
     text = gw.recorder.exposition().decode()
     assert 'code="4xx"' in text  # counted as 499, client closed
     gate.set()
+
+
+async def test_a_client_stalling_mid_body_gets_408(backend, gateway, monkeypatch) -> None:
+    monkeypatch.setattr("gateway.server.BODY_TIMEOUT_S", 0.2)
+    b = await backend(echo)
+    gw = await gateway(pool_config([b.url]))
+    reader, writer = await connect(gw.port)
+    writer.write(post("/p", b"0123456789")[:-7])  # 3 of 10 body bytes, then silence
+    status, headers, body = await read_response(reader)
+    assert status == 408 and headers["connection"] == "close" and b"timed out" in body
+    assert await closed(reader)
+    assert b.hits == 0
