@@ -144,10 +144,13 @@ class PeakEwma:
     """Response-time weighting: cost = latency estimate x (1 + inflight / slots), cheapest
     wins; ``slots`` is the pool's ``max_inflight_per_replica``.
 
-    * Samples update a peak-EWMA (see ``_peak_ewma``). A replica without samples costs
-      ``default_rtt_s``; its first sample replaces that guess outright (as in Finagle),
-      since blending a measurement with a guess under a 10 s decay would leave a fast
-      new replica looking like the guess for tens of seconds.
+    * Samples update a peak-EWMA (see ``_peak_ewma``). A replica without samples (new,
+      or back after its health checks failed) is taken to be typical: it costs the median
+      estimate of the measured candidates (``default_rtt_s`` when none is measured), so it
+      gets its share at once and is measured, rather than idling behind a fixed guess
+      that may be slower than every replica in the pool. Its first sample replaces the
+      guess outright (as in Finagle), since blending a measurement with a guess under a
+      10 s decay would leave it looking like the guess for tens of seconds.
     * A failure (``ok=False``: connect error, timeout, 5xx, 429) is recorded as the sample
       ``max(latency_s, penalty_s, PENALTY_FACTOR x the success-only EWMA)``, so a replica
       answering instant 500s looks slow, not fast (Linkerd 11669). The penalty is based on
@@ -198,13 +201,25 @@ class PeakEwma:
         w = math.exp(-max(now - s.stamp, 0.0) / self.decay_s)
         return self.default_rtt_s + (s.value - self.default_rtt_s) * w
 
+    def _typical(self, candidates: Sequence[Replica], now: float) -> float:
+        """The median estimate of the measured candidates: what an unmeasured one costs."""
+        known = sorted(self._estimate(r, now) for r in candidates if r.id in self._state)
+        return known[len(known) // 2] if known else self.default_rtt_s
+
     def pick(self, candidates: Sequence[Replica]) -> Replica | None:
         if not candidates:
             return None
         now = self.clock()
+        state = self._state
+        typical = (
+            self._typical(candidates, now)
+            if any(r.id not in state for r in candidates)
+            else self.default_rtt_s  # unused: every candidate is measured
+        )
 
         def cost(r: Replica) -> float:
-            return self._estimate(r, now) * (1.0 + r.inflight / self.slots)
+            estimate = self._estimate(r, now) if r.id in state else typical
+            return estimate * (1.0 + r.inflight / self.slots)
 
         if len(candidates) <= FULL_SCAN_MAX:
             return _full_scan(candidates, cost, self.rng)

@@ -186,6 +186,8 @@ class Pool:
     def record_probe(self, replica: Replica, ok: bool) -> None:
         if replica.health.record_probe(ok, self.rules):
             self.recorder.health_changed(self.name, replica.id, replica.health.up)
+            if replica.health.up:  # back from down: what the policy learnt is stale
+                self.policy.forget(replica.id)
             state = "up" if replica.health.up else "down"
             log.info("pool %s: replica %s is %s", self.name, replica.id, state)
             self._dispatch()

@@ -242,6 +242,17 @@ def test_peak_ewma_counts_busy_slots_as_a_share_of_the_cap(
     assert policy.pick([fast, slow]) is (fast if expected == "fast" else slow)
 
 
+def test_an_unmeasured_replica_costs_the_median_of_the_measured_ones() -> None:
+    policy, _ = new("peak_ewma", slots=4)
+    a, b, c, fresh = replicas("a", "b", "c", "fresh")
+    for r, latency in ((a, 0.01), (b, 0.011), (c, 0.05)):
+        policy.on_end(r, latency, True)
+    a.inflight = b.inflight = c.inflight = 1
+    assert policy.pick([a, b, c, fresh]) is fresh  # 11 ms x 1 beats 10 ms x 1.25
+    fresh.inflight = 1
+    assert policy.pick([a, b, c, fresh]) is a  # 10 ms x 1.25 beats 11 ms x 1.25
+
+
 @pytest.mark.parametrize("first", [0.001, 0.01, 0.3])
 def test_the_first_sample_replaces_the_default_outright(first: float) -> None:
     policy, _ = new("peak_ewma")

@@ -25,7 +25,10 @@ class FirstPolicy:
         pass
 
     def forget(self, replica_id: str) -> None:
-        pass
+        self.forgotten.append(replica_id)
+
+    def __init__(self) -> None:
+        self.forgotten: list[str] = []
 
 
 class Clock:
@@ -118,6 +121,16 @@ async def test_unhealthy_and_draining_replicas_are_not_picked() -> None:
     pool.record_probe(r0, False)
     r1.draining = True
     assert await pool.acquire() is r2
+
+
+async def test_a_replica_back_from_down_is_forgotten_by_the_policy() -> None:
+    pool, (r0, _), _ = make_pool(2, health={"unhealthy_threshold": 1, "healthy_threshold": 1})
+    assert isinstance(pool.policy, FirstPolicy)
+    pool.record_probe(r0, True)  # up already: nothing to forget
+    pool.record_probe(r0, False)
+    assert pool.policy.forgotten == []  # what it learnt while failing stays while it is down
+    pool.record_probe(r0, True)
+    assert pool.policy.forgotten == ["r0"]
 
 
 async def test_fail_open_when_nothing_is_healthy() -> None:
