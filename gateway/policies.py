@@ -211,11 +211,8 @@ class PeakEwma:
             return None
         now = self.clock()
         state = self._state
-        typical = (
-            self._typical(candidates, now)
-            if any(r.id not in state for r in candidates)
-            else self.default_rtt_s  # unused: every candidate is measured
-        )
+        unmeasured = any(r.id not in state for r in candidates)
+        typical = self._typical(candidates, now) if unmeasured else 0.0  # 0.0: never read
 
         def cost(r: Replica) -> float:
             estimate = self._estimate(r, now) if r.id in state else typical

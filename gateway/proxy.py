@@ -276,12 +276,8 @@ class Proxy:
         """Pass the response through; nothing after this point may retry. The slot is
         held to the last byte and then released with the replica's outcome: a broken
         upstream stream counts against the replica, a client that went away does not."""
-        upstream, replica, pool, exchange = (
-            answer.response,
-            answer.replica,
-            call.pool,
-            call.exchange,
-        )
+        upstream, replica = answer.response, answer.replica
+        pool, exchange = call.pool, call.exchange
         outcome: int | None = upstream.status
         try:
             headers = _forwardable(upstream.headers, "", SET_BY_GATEWAY)
@@ -330,9 +326,8 @@ class Proxy:
         replica_id: str = "",
     ) -> None:
         """An answer from the gateway itself; like every answer, it carries the id."""
-        error_response(
-            call.exchange, status, message, [("X-Request-ID", call.request_id), *(headers or [])]
-        )
+        headers = [("X-Request-ID", call.request_id), *(headers or [])]
+        error_response(call.exchange, status, message, headers)
         self._finish(call, replica_id, status)
 
     def _finish(self, call: _Call, replica_id: str, status: int) -> None:
