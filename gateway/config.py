@@ -65,6 +65,16 @@ class Retries(_Model):
     min_retries_per_s: float = Field(10.0, ge=0)  # allowed on top of the ratio
 
 
+class Hedging(_Model):
+    """A backup attempt on another replica for a request slower than the pool's recent
+    (100 - ``max_extra_percent``) percentile of response-head latency; at most that
+    share of requests is hedged. A hedge is one of ``retries.attempts``."""
+
+    enabled: bool = True
+    max_extra_percent: float = Field(2.0, gt=0, lt=100)
+    min_delay_s: float = Field(0.005, ge=0)  # never hedge sooner than this
+
+
 class Health(_Model):
     enabled: bool = True
     path: str = "/health"
@@ -119,6 +129,7 @@ class Pool(_Model):
     queue: Queue = Queue()
     timeouts: Timeouts = Timeouts()
     retries: Retries = Retries()
+    hedging: Hedging = Hedging()
     health: Health = Health()
     outlier: Outlier = Outlier()
     autoscale: Autoscale | None = None  # None: the static ``backends`` only
@@ -167,6 +178,7 @@ class ConfigError(Exception):
 _MESSAGES = {
     "greater_than": "must be > {gt}",
     "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
     "less_than_equal": "must be <= {le}",
     "missing": "is required",
     "extra_forbidden": "unknown key",

@@ -68,6 +68,12 @@ class PrometheusRecorder(Recorder):
         self.retries_denied = Counter(
             "gateway_retries_denied", "Retries refused by the retry budget", ["pool"], registry=r
         )
+        self.hedges = Counter(
+            "gateway_hedges", "Backup attempts sent for slow requests", ["pool"], registry=r
+        )
+        self.hedges_won = Counter(
+            "gateway_hedges_won", "Backup attempts that answered first", ["pool"], registry=r
+        )
         self.rejections = Counter(
             "gateway_rejected", "Requests refused with 503 (queue full, queue timeout)",
             ["pool", "reason"], registry=r,
@@ -120,6 +126,12 @@ class PrometheusRecorder(Recorder):
     def retry_denied(self, pool: str) -> None:
         self.retries_denied.labels(pool).inc()
 
+    def hedge(self, pool: str) -> None:
+        self.hedges.labels(pool).inc()
+
+    def hedge_won(self, pool: str) -> None:
+        self.hedges_won.labels(pool).inc()
+
     def queue_wait(self, pool: str, wait_s: float) -> None:
         self.queue_wait_s.labels(pool).observe(wait_s)
 
@@ -165,6 +177,10 @@ class _Gauges(Collector):
         up = gauge("gateway_replica_up", "Active health verdict (1 up)", "pool", "replica")
         ejected = gauge("gateway_replica_ejected", "1 while ejected", "pool", "replica")
         depth = gauge("gateway_queue_depth", "Requests waiting for a slot", "pool")
+        hedge_after = gauge(
+            "gateway_hedge_delay_seconds", "The wait for a head after which a request is "
+            "hedged (absent while unknown or off)", "pool",
+        )  # fmt: skip
         estimate = gauge(
             "gateway_replica_latency_estimate_seconds",
             "peak_ewma's latency estimate, before the in-flight factor", "pool", "replica",
@@ -172,6 +188,8 @@ class _Gauges(Collector):
         for pool in self.observed.pools.values():
             now = pool.clock()
             depth.add_metric([pool.name], pool.queued)
+            if (delay := pool.hedge_after()) is not None:
+                hedge_after.add_metric([pool.name], delay)
             policy = pool.policy if isinstance(pool.policy, PeakEwma) else None
             for r in pool.replicas.values():
                 inflight.add_metric([pool.name, r.id], r.inflight)
@@ -179,7 +197,7 @@ class _Gauges(Collector):
                 ejected.add_metric([pool.name, r.id], float(r.health.ejected(now)))
                 if policy is not None:
                     estimate.add_metric([pool.name, r.id], policy.estimate(r))
-        yield from (inflight, up, ejected, depth, estimate)
+        yield from (inflight, up, ejected, depth, hedge_after, estimate)
 
         replicas = gauge("gateway_replicas", "Managed replicas by state", "pool", "state")
         desired = gauge("gateway_replicas_desired", "The autoscaler's decision", "pool")

@@ -26,12 +26,15 @@ from dataclasses import dataclass, field
 
 from gateway import config
 from gateway.health import HealthRules
+from gateway.hedging import HedgeDelay
 from gateway.policies import Policy
 from gateway.recorder import NULL_RECORDER, Recorder
 from gateway.replica import Replica
 from gateway.retry import RetryBudget
 
 log = logging.getLogger(__name__)
+
+HEDGE_RESERVE_PER_S = 1.0  # hedges allowed on top of the ratio, so a quiet pool can hedge too
 
 
 class NoCapacity(Exception):
@@ -71,6 +74,8 @@ class Pool:
         self.expected_start_s = 0.0
         self._idle: dict[str, asyncio.Future[None]] = {}  # draining replica id -> drained
         self.retry_budget = RetryBudget(clock)
+        self.hedge_budget = RetryBudget(clock, min_per_s=HEDGE_RESERVE_PER_S)
+        self._hedge_delay = HedgeDelay()  # its settings come with apply()
         self._waiters: deque[_Waiter] = deque()
         self.apply(settings)
 
@@ -91,6 +96,10 @@ class Pool:
         )
         self.retry_budget.percent = settings.retries.budget_percent
         self.retry_budget.min_per_s = settings.retries.min_retries_per_s
+        hedging = settings.hedging
+        self.hedge_budget.percent = hedging.max_extra_percent
+        self._hedge_delay.percentile = 100.0 - hedging.max_extra_percent
+        self._hedge_delay.min_delay_s = hedging.min_delay_s
         self._dispatch()
 
     # -- membership -------------------------------------------------------------------
@@ -124,6 +133,29 @@ class Pool:
         return self.cold_start is not None and not self.has_alternative(frozenset())
 
     # -- the request path ---------------------------------------------------------------
+
+    def record_request(self) -> None:
+        """A client request arrived: the base of the retry and hedge budgets."""
+        self.retry_budget.record_request()
+        self.hedge_budget.record_request()
+
+    def hedge_after(self) -> float | None:
+        """How long an attempt may wait for its response head before it gets a backup;
+        None: no hedging (off, or too few heads seen yet to know the pool's tail)."""
+        return self._hedge_delay.value if self.settings.hedging.enabled else None
+
+    def try_hedge(self, exclude: frozenset[str]) -> Replica | None:
+        """A reserved slot for a backup attempt, if a replica outside ``exclude`` has one
+        free now and the hedge budget has room. A hedge never queues: it must not take a
+        slot from a request that is waiting for one."""
+        if not self.hedge_budget.allows_retry():
+            return None
+        replica = self._pick(exclude)
+        if replica is None:
+            return None
+        self.hedge_budget.try_retry()
+        self._start(replica)
+        return replica
 
     def has_alternative(self, exclude: frozenset[str]) -> bool:
         """Is there a non-draining replica outside ``exclude`` (busy or not)?"""
@@ -167,6 +199,8 @@ class Pool:
         if replica.draining and not replica.inflight:
             self._drained(replica)
         failed = status is None or status >= 500
+        if not failed:
+            self._hedge_delay.add(latency_s)
         self.policy.on_end(replica, latency_s, not failed and status != 429)
         now = self.clock()
         may_eject = failed and self._may_eject(now)  # counted only when it can matter

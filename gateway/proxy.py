@@ -4,11 +4,12 @@ Per request: match the route, read the body (bounded; kept so a retry can resend
 then up to ``retries.attempts`` attempts, each on a replica the pool hands out and never
 on one already tried. An attempt is retried only while nothing has reached the client:
 on no connection, a reset, a timeout before the response head, or a 502/503/504 from the
-replica, and only inside the pool's retry budget. Once the response head arrives the body
-is streamed through as it is produced (SSE, chunked), and the replica's slot is held until
-the last byte, since the model is busy until then. A client that hangs up before the
-response head cancels its request wherever it is (queued, or waiting on a replica), as
-nginx and Envoy do.
+replica, and only inside the pool's retry budget. An attempt slow to get its head is also
+hedged: a backup goes to another replica and the first good head wins (``_Hedge``). Once
+the response head arrives the body is streamed through as it is produced (SSE, chunked),
+and the replica's slot is held until the last byte, since the model is busy until then.
+A client that hangs up before the response head cancels its request wherever it is
+(queued, or waiting on a replica), as nginx and Envoy do.
 
 Deadlines: waiting for a slot is bounded by the queue (or cold-start) timeout; from the
 first slot on, ``timeouts.request_s`` bounds the wait for a response head over all
@@ -81,6 +82,10 @@ class _Failed(Exception):
 NO_ATTEMPT = _Failed(503, "no attempt")
 
 
+class _Outrun(Exception):
+    """Set on an attempt's response-head future: its backup answered first."""
+
+
 @dataclass(slots=True)
 class _Call:
     """One client request on its way through."""
@@ -90,14 +95,69 @@ class _Call:
     request_id: str
     started: float
     host_missing: bool = False
+    attempts: int = 0  # sent to a replica so far, hedges included
+    tried: frozenset[str] = frozenset()  # the replicas they went to
 
 
 @dataclass(slots=True)
 class _Answer:
+    pool: Pool
     replica: Replica
     response: UpstreamResponse
     ttfb_s: float  # time to the response head: what the policies learn from
     cold_wait_s: float | None = None  # how long it waited for a replica to start, if it did
+
+
+class _Hedge:
+    """One attempt's backup plan. Armed when the request is written: if no response head
+    has come ``delay_s`` later, ``start_backup`` sends a copy to another replica (looked
+    for again every ``delay_s`` while none has a free slot), and a good head from the
+    backup ends the first attempt's wait at once. Costs one timer when never needed."""
+
+    __slots__ = ("_head", "_timer", "backup", "delay_s", "start_backup")
+
+    def __init__(
+        self, start_backup: Callable[[], asyncio.Task[_Answer] | None], delay_s: float
+    ) -> None:
+        self.start_backup = start_backup
+        self.delay_s = delay_s
+        self.backup: asyncio.Task[_Answer] | None = None
+        self._head: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def arm(self, head: asyncio.Future[None]) -> None:
+        self._head = head
+        self._timer = asyncio.get_running_loop().call_later(self.delay_s, self._fire)
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def drop(self, discard: Callable[[_Answer], None]) -> None:
+        """The backup's answer will not be used: cancel it, or discard what it got."""
+        backup = self.backup
+        if backup is None:
+            return
+        if not backup.done():
+            backup.cancel()
+        elif not backup.cancelled() and backup.exception() is None:
+            discard(backup.result())
+
+    def _fire(self) -> None:
+        if self._head is None or self._head.done():
+            return
+        self.backup = self.start_backup()
+        if self.backup is None:
+            self._timer = asyncio.get_running_loop().call_later(self.delay_s, self._fire)
+        else:
+            self.backup.add_done_callback(self._backup_done)
+
+    def _backup_done(self, backup: asyncio.Task[_Answer]) -> None:
+        head = self._head
+        if head is None or head.done() or backup.cancelled() or backup.exception() is not None:
+            return
+        if backup.result().response.status not in RETRYABLE_STATUS:
+            head.set_exception(_Outrun())
 
 
 class Router:
@@ -156,7 +216,7 @@ class Proxy:
         headers.append(("X-Request-ID", request_id))
         call.host_missing = exchange.header("host") is None
 
-        pool.retry_budget.record_request()
+        pool.record_request()
         try:
             await self._forward(call, body, headers)
         except asyncio.CancelledError:
@@ -172,19 +232,18 @@ class Proxy:
         budget = pool.retry_budget
         deadline: float | None = None  # set once the first slot is had: queue waits have
         # their own bounds, so a long cold start does not eat the request's time
-        tried: frozenset[str] = frozenset()
         failure = NO_ATTEMPT
-        for attempt in range(attempts):
-            retry = attempt > 0
+        while call.attempts < attempts:
+            retry = call.attempts > 0
             if retry:
-                if not pool.has_alternative(tried):
+                if not pool.has_alternative(call.tried):
                     break
                 if not budget.try_retry():
                     self.recorder.retry_denied(pool.name)
                     break
                 self.recorder.retry(pool.name, failure.reason)
             try:
-                replica, cold_wait_s = await self._acquire(pool, tried, deadline)
+                replica, cold_wait_s = await self._acquire(pool, call.tried, deadline)
             except NoCapacity as exc:
                 if retry:
                     break
@@ -194,11 +253,17 @@ class Proxy:
             except _Failed as exc:
                 failure = exc
                 break
-            tried |= {replica.id}
+            call.attempts += 1
+            call.tried |= {replica.id}
             if deadline is None:
                 deadline = self.clock() + timeouts.request_s
+            hedge = (
+                self._hedge(call, headers, body, per_try, deadline)
+                if call.attempts < attempts
+                else None
+            )
             try:
-                answer = await self._send(call, replica, headers, body, per_try, deadline)
+                answer = await self._attempt(call, replica, headers, body, per_try, deadline, hedge)
             except _Failed as exc:
                 failure = exc
                 continue
@@ -206,16 +271,86 @@ class Proxy:
             status = answer.response.status
             if (
                 status in RETRYABLE_STATUS
-                and attempt + 1 < attempts
-                and pool.has_alternative(tried)
+                and call.attempts < attempts
+                and pool.has_alternative(call.tried)
                 and budget.allows_retry()
             ):
                 failure = _Failed(status, f"status_{status}")
-                answer.response.release()
-                pool.release(replica, answer.ttfb_s, status)
+                self._discard(answer)
                 continue
             return await self._relay(call, answer)
         self._error(call, failure.status, f"upstream failed: {failure.reason}")
+
+    def _hedge(
+        self,
+        call: _Call,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        per_try_s: float,
+        deadline: float,
+    ) -> _Hedge | None:
+        """The backup plan for the attempt about to be sent; None when the pool does not
+        hedge (off, or its tail not known yet)."""
+        pool = call.pool
+        delay_s = pool.hedge_after()
+        if delay_s is None:
+            return None
+
+        def start_backup() -> asyncio.Task[_Answer] | None:
+            replica = pool.try_hedge(call.tried)
+            if replica is None:
+                return None
+            call.attempts += 1
+            call.tried |= {replica.id}
+            self.recorder.hedge(pool.name)
+            send = self._send(call, replica, headers, body, per_try_s, deadline)
+            return asyncio.ensure_future(send)
+
+        return _Hedge(start_backup, delay_s)
+
+    async def _attempt(
+        self,
+        call: _Call,
+        replica: Replica,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        per_try_s: float,
+        deadline: float,
+        hedge: _Hedge | None,
+    ) -> _Answer:
+        """``_send``, and the backup attempt ``hedge`` may have added: the answer that
+        stands. A good first answer wins and the backup is dropped; otherwise (a failure,
+        a retryable status, or outrun by the backup) the backup's outcome stands."""
+        if hedge is None:
+            return await self._send(call, replica, headers, body, per_try_s, deadline)
+        answer: _Answer | None = None
+        try:
+            answer = await self._send(call, replica, headers, body, per_try_s, deadline, hedge.arm)
+        except _Failed:
+            if hedge.backup is None:
+                raise
+        except BaseException:
+            hedge.drop(self._discard)  # the client left: the backup goes too
+            raise
+        finally:
+            hedge.disarm()
+        backup = hedge.backup
+        if backup is None:
+            assert answer is not None
+            return answer
+        if answer is not None:
+            if answer.response.status not in RETRYABLE_STATUS:
+                hedge.drop(self._discard)
+                return answer
+            self._discard(answer)
+        answer = await backup
+        self.recorder.hedge_won(call.pool.name)
+        return answer
+
+    def _discard(self, answer: _Answer) -> None:
+        """Drop an answer that will not be relayed, giving its slot back with its status."""
+        answer.response.release()
+        answer.pool.release(answer.replica, answer.ttfb_s, answer.response.status)
 
     async def _acquire(
         self, pool: Pool, tried: frozenset[str], deadline: float | None
@@ -241,9 +376,11 @@ class Proxy:
         body: bytes,
         per_try_s: float,
         deadline: float,
+        sent: Callable[[asyncio.Future[None]], None] | None = None,
     ) -> _Answer:
         """One attempt up to the response head. On success the caller owns the response
-        and the slot; on failure (``_Failed``) the slot is already given back."""
+        and the slot; on failure (``_Failed``) the slot is already given back. ``sent``:
+        upstream's hook on the wait for the head (a hedge arms itself there)."""
         exchange, pool = call.exchange, call.pool
         timeouts = pool.settings.timeouts
         if call.host_missing:  # an HTTP/1.0 client may omit Host; HTTP/1.1 requires it
@@ -260,6 +397,7 @@ class Proxy:
                 timeouts.connect_s,
                 min(per_try_s, deadline - t0),
                 timeouts.request_s,
+                sent,
             )
         except TimeoutError:
             pool.release(replica, self.clock() - t0, None)
@@ -267,10 +405,13 @@ class Proxy:
         except (UpstreamError, OSError) as exc:
             pool.release(replica, self.clock() - t0, None)
             raise _Failed(502, "connect" if isinstance(exc, ConnectFailed) else "reset") from None
+        except _Outrun:  # it took at least this long: the replica's failure
+            pool.release(replica, self.clock() - t0, None)
+            raise _Failed(504, "outrun") from None
         except BaseException:
             pool.abandon(replica)
             raise
-        return _Answer(replica, response, self.clock() - t0)
+        return _Answer(pool, replica, response, self.clock() - t0)
 
     async def _relay(self, call: _Call, answer: _Answer) -> None:
         """Pass the response through; nothing after this point may retry. The slot is

@@ -20,6 +20,12 @@ class Recorder:
     def retry_denied(self, pool: str) -> None:
         """The retry budget refused a retry."""
 
+    def hedge(self, pool: str) -> None:
+        """A slow attempt got a backup attempt on another replica."""
+
+    def hedge_won(self, pool: str) -> None:
+        """A backup attempt answered first."""
+
     def queue_wait(self, pool: str, wait_s: float) -> None:
         """A request got a slot after waiting in the queue."""
 

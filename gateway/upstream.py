@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import cast
 
 import httptools
@@ -91,7 +91,7 @@ class _Connection(asyncio.Protocol):
 
     def _until_close(self) -> bool:
         """Has the response neither a length nor chunked framing (its body runs to EOF)?"""
-        if self.head is None or self.head.exception() is not None:
+        if self.head is None or self.head.cancelled() or self.head.exception() is not None:
             return False
         if self.parser.get_status_code() in (204, 304):
             return False
@@ -218,9 +218,12 @@ class Upstream:
         connect_timeout_s: float,
         head_timeout_s: float,
         read_timeout_s: float,
+        sent: Callable[[asyncio.Future[None]], None] | None = None,
     ) -> UpstreamResponse:
         """Send a request and wait for the response head, ``head_timeout_s`` at most from
-        now, connecting included. Raises ConnectFailed, Disconnected, or TimeoutError."""
+        now, connecting included. Raises ConnectFailed, Disconnected, or TimeoutError.
+        ``sent`` is called with the head's future once the request is written: the
+        caller may end the wait early by setting an exception on it, which is raised."""
         key = (host, port)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + head_timeout_s
@@ -237,6 +240,8 @@ class Upstream:
         conn.transport.write("".join(lines).encode("utf-8", "surrogateescape") + body)
         # a timer rather than asyncio.timeout: no task cancellation on the hot path
         timer = loop.call_at(deadline, conn.time_out)
+        if sent is not None:
+            sent(head)
         try:
             await head
         except BaseException:

@@ -29,6 +29,7 @@ def test_defaults() -> None:
     assert (pool.retries.attempts, pool.retries.budget_percent) == (2, 20.0)
     assert (pool.health.healthy_threshold, pool.health.unhealthy_threshold) == (2, 3)
     assert pool.outlier.max_ejected_percent == 50.0
+    assert (pool.hedging.enabled, pool.hedging.max_extra_percent) == (True, 2.0)
 
 
 @pytest.mark.parametrize(
@@ -44,6 +45,10 @@ def test_defaults() -> None:
         (minimal(backends=["127.0.0.1:9001"]), "pools.default.backends: '127.0.0.1:9001' is not"),
         (minimal(backends=["http://a:1", "http://a:1/"]), "pools.default.backends: duplicate"),
         (minimal(retries={"attempts": "two"}), "pools.default.retries.attempts: "),
+        (
+            minimal(hedging={"max_extra_percent": 100}),
+            "pools.default.hedging.max_extra_percent: must be < 100",
+        ),
         (
             minimal(outlier={"base_ejection_s": 60, "max_ejection_s": 30}),
             "pools.default.outlier.max_ejection_s: must be >=",

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from gateway import config
+from gateway.hedging import REFRESH
 from gateway.pool import NoCapacity, Pool
 from gateway.replica import Replica
 
@@ -171,3 +172,42 @@ async def test_snapshots_keep_known_replicas_and_drain_removed_ones() -> None:
     assert r0.draining and "r0" not in pool.replicas
     pool.release(r0, 0.01, 200)  # its in-flight request still finishes
     assert r0.inflight == 0
+
+
+def learn_heads(pool: Pool, replica: Replica, latency_s: float) -> None:
+    for _ in range(REFRESH):
+        pool._start(replica)
+        pool.release(replica, latency_s, 200)
+
+
+def test_hedging_waits_for_the_tail_and_can_be_off() -> None:
+    pool, (r0, _), _ = make_pool(2)
+    assert pool.hedge_after() is None
+    learn_heads(pool, r0, 0.02)
+    assert pool.hedge_after() == 0.02
+    failing, (f0, _), _ = make_pool(2)
+    for _ in range(REFRESH):  # failed attempts say nothing about how long heads take
+        failing._start(f0)
+        failing.release(f0, 0.02, 503)
+    assert failing.hedge_after() is None
+    off, (o0, _), _ = make_pool(2, hedging={"enabled": False})
+    learn_heads(off, o0, 0.02)
+    assert off.hedge_after() is None
+
+
+def test_a_hedge_takes_only_a_free_slot_outside_the_tried() -> None:
+    pool, (_, r1), _ = make_pool(2, max_inflight_per_replica=1)
+    assert pool.try_hedge(frozenset({"r0"})) is r1 and r1.inflight == 1
+    assert pool.try_hedge(frozenset({"r0"})) is None  # r1 is full: no queueing for hedges
+    assert pool.queued == 0
+
+
+def test_hedges_stay_within_their_budget() -> None:
+    pool, _, _ = make_pool(2, max_inflight_per_replica=1000)
+    pool.hedge_budget.min_per_s = 0.0
+    for _ in range(1000):
+        pool.record_request()
+    hedges = 0
+    while pool.try_hedge(frozenset()) is not None:
+        hedges += 1
+    assert hedges == 20  # the default max_extra_percent: 2 % of the requests
