@@ -1,9 +1,10 @@
 """Subprocesses for benchmarks: sim backends and gateways, started, watched and stopped.
 
 ``Procs`` owns every process it starts and stops them all, newest first, when its ``with``
-block ends, however it ends: SIGTERM to each PID, then SIGKILL to those that outlive
-``grace_s``. Output goes to one log file per process, whose tail is shown when a process
-fails to come up. Nothing here signals a process it did not start.
+block ends, however it ends: SIGTERM to each PID (after a SIGCONT, for those paused),
+then SIGKILL to those that outlive ``grace_s``. Output goes to one log file per process,
+whose tail is shown when a process fails to come up. Nothing here signals a process it
+did not start.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -52,14 +54,22 @@ class Procs:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def pause(self, name: str) -> None:
+        """SIGSTOP one process: a hang, as benchmarks inject. The kernel still accepts
+        connections on its listening sockets, but nothing is answered until it is resumed."""
+        proc = self.procs[name]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGSTOP)
+
     def stop(self, name: str, *, kill: bool = False) -> None:
         """Stop one process: SIGTERM, then SIGKILL after the grace; ``kill`` sends SIGKILL
         at once (a crash, as benchmarks inject). Its name stays, so it can be started again."""
         proc = self.procs[name]
         if proc.poll() is None:
             if kill:
-                proc.kill()
+                proc.kill()  # SIGKILL ends a paused process too
             else:
+                proc.send_signal(signal.SIGCONT)  # paused, it would not act on SIGTERM
                 proc.terminate()
             try:
                 proc.wait(self.grace_s)

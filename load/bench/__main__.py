@@ -85,7 +85,8 @@ def run(name: str, args: argparse.Namespace, command: str) -> dict[str, Any]:
     runs = uvloop.run(run_scenario(s, contestants, opts, binaries))
     return {
         "scenario": name, "about": s.about, "command": command, "rate": args.rate or s.rate,
-        "options": {k: getattr(opts, k) for k in ("duration", "burstiness", "seed", "timeout")},
+        "options": {"duration": opts.duration, "burstiness": opts.burstiness, "seed": opts.seed,
+                    "timeout": opts.client_timeout(s)},
         "limits": dataclasses.asdict(s.limits),
         "replicas": [dataclasses.asdict(r) for r in s.replicas],
         "actions": [{"at_s": a.at * args.duration, "action": a.describe()} for a in s.actions],

@@ -1,7 +1,7 @@
 """A scenario's sim replicas, and the actions done to them while the load runs.
 
 One process per replica (not one process serving every port, as ``--ports`` can) so that
-a single replica can be killed and restarted. Replica ``i`` is named ``r<i>``: the name
+a single replica can be stopped, killed and restarted. Replica ``i`` is named ``r<i>``: the name
 comes back in every answer's ``X-Replica`` header, through any proxy, which is how the
 load generator counts each replica's share.
 """
@@ -41,7 +41,9 @@ class Backends:
     async def act(self, action: Action) -> None:
         """Do ``action``; a restarted replica is left to come up while the load goes on."""
         i = action.replica
-        if action.do == "kill":
+        if action.do == "stop":
+            self.procs.pause(f"r{i}")
+        elif action.do == "kill":
             self.procs.stop(f"r{i}", kill=True)
         elif action.do == "restart":
             self._start(i)

@@ -82,6 +82,9 @@ def gateway_config(
         "queue": {"max_size": lim.queue_size, "timeout_s": lim.queue_s},
         "timeouts": {"connect_s": lim.connect_s, "request_s": lim.response_s},
         "retries": {"attempts": lim.attempts},
+        # a backup try for a request slower than the pool's recent p98, at most 2 % of them
+        # (no peer has one: they retry a hung try only after the response timeout)
+        "hedging": {"enabled": True, "max_extra_percent": 2.0},
         "health": {"interval_s": lim.health_interval_s, "timeout_s": lim.health_timeout_s,
                    "healthy_threshold": lim.rise, "unhealthy_threshold": lim.fall},
         "outlier": {"consecutive_failures": lim.error_limit, "base_ejection_s": lim.ejection_s},
@@ -124,6 +127,7 @@ defaults
     # and a 502/503/504 from the replica. L7 retries buffer the request and replay it,
     # POST included (HAProxy does not restrict them to idempotent methods).
     retry-on conn-failure empty-response response-timeout 502 503 504
+    # No hedging as the gateway's: a hung try is retried only after "timeout server".
 
 frontend bench
     bind 127.0.0.1:{port}
@@ -190,6 +194,7 @@ http {{
             # the gateway's retry conditions, POST included; tries count the first one
             proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;
             proxy_next_upstream_tries {lim.attempts};
+            # no hedging as the gateway's: a hung try is retried only after proxy_read_timeout
             proxy_next_upstream_timeout {lim.response_s:g}s;
         }}
     }}

@@ -203,8 +203,9 @@ def describe_run(result: dict[str, Any]) -> str:
     arrivals = "Poisson" if o["burstiness"] == 1 else f"Gamma, burstiness {o['burstiness']:g}"
     return (f"{o['duration']:g} s per contestant at {result['rate']:g} rps ({arrivals} "
             f"arrivals, seed {o['seed']}, the same for every contestant); per-replica cap "
-            f"{result['limits']['max_inflight']}; latencies of 2xx answers, from the send, "
-            f"in ms.")  # fmt: skip
+            f"{result['limits']['max_inflight']}, response timeout "
+            f"{result['limits']['response_s']:g} s, client timeout {o['timeout']:g} s; "
+            f"latencies of 2xx answers, from the send, in ms.")  # fmt: skip
 
 
 def section(result: dict[str, Any], plot: str | None) -> str:
@@ -226,7 +227,8 @@ def section(result: dict[str, Any], plot: str | None) -> str:
 
 
 def setup_section(limits: Limits, m: dict[str, Any]) -> str:
-    """The machine, and the settings every proxy shares (``max_inflight`` is per scenario)."""
+    """The machine, and the settings every proxy shares (a scenario may set its own
+    ``max_inflight`` and ``response_s``: ``describe_run`` says)."""
     rows = [f"| `{k}` | {v} |" for k, v in dataclasses.asdict(limits).items()]
     head = [
         f"**Machine**: {describe_machine(m)}.",

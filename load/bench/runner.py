@@ -31,9 +31,13 @@ class Options:
     rate: float | None  # None: the scenario's
     burstiness: float  # 1: Poisson arrivals
     seed: int
-    timeout: float  # per request, s
+    timeout: float  # per request, s, where the scenario sets none
     progress: bool
     out: Path  # logs and configs, a folder per contestant
+
+    def client_timeout(self, s: Scenario) -> float:
+        """The load generator's per-request timeout in ``s``: the scenario's, else ours."""
+        return self.timeout if s.client_timeout_s is None else s.client_timeout_s
 
 
 def phases(s: Scenario, summary: Summary, duration: float) -> list[dict[str, Any]]:
@@ -68,7 +72,7 @@ async def run_contestant(
         start = time.perf_counter()
         actions = asyncio.create_task(backends.play(s.actions, opts.duration, start))
         summary = await run_load(
-            target.urls, rate, opts.duration, request_timeout=opts.timeout,
+            target.urls, rate, opts.duration, request_timeout=opts.client_timeout(s),
             max_outstanding=MAX_OUTSTANDING, seed=opts.seed, burstiness=opts.burstiness,
             series=True, progress=opts.progress,
         )  # fmt: skip

@@ -2,7 +2,7 @@
 
 Every contestant of a scenario meets the same thing: fresh replicas with the same
 settings, the same arrival times (one seed) and the same actions at the same moments.
-Wherever one replica is odd (slow, failing, killed, slowed down) it is ``r0``, so its
+Wherever one replica is odd (slow, failing, hung, killed, slowed down) it is ``r0``, so its
 share of the answers is the figure to watch.
 
 The sizes are for a 2-core machine shared by the load generator, the replicas and the
@@ -32,12 +32,14 @@ class Replica:
 
 @dataclass(frozen=True)
 class Action:
-    """Something done to replica ``replica`` at ``at`` x the run's duration: ``kill`` it
-    (SIGKILL, a crash), ``restart`` it, or change its settings through ``/control``."""
+    """Something done to replica ``replica`` at ``at`` x the run's duration: ``stop`` it
+    (SIGSTOP, a hang or a lost host: the kernel still accepts connections, nothing is
+    answered, ``/health`` included), ``kill`` it (SIGKILL, a crash; a stopped one too),
+    ``restart`` it, or change its settings through ``/control``."""
 
     at: float
     replica: int
-    do: Literal["kill", "restart", "control"]
+    do: Literal["stop", "kill", "restart", "control"]
     changes: tuple[tuple[str, Any], ...] = ()
 
     def describe(self) -> str:
@@ -56,6 +58,7 @@ class Scenario:
     replicas: tuple[Replica, ...]
     rate: float  # arrivals per second
     limits: Limits
+    client_timeout_s: float | None = None  # the load generator's, per request (None: --timeout)
     actions: tuple[Action, ...] = ()
     phases: tuple[str, ...] = ()  # names of the stretches the actions cut the run into
     direct: bool = False  # a run with no proxy (the client spreads requests round robin)
@@ -102,12 +105,15 @@ SCENARIOS = {
         ),
         Scenario(
             "failover",
-            "4 replicas of 10 ms; r0 is killed (SIGKILL) at 30 % of the run and restarted at 60 %",
+            "4 replicas of 10 ms; r0 hangs at 25 % of the run (SIGSTOP: connections accepted, "
+            "nothing answered, /health included), is killed (SIGKILL) at 50 % and restarted "
+            "at 75 %; clients give up after 2 s, the response timeout every proxy is given",
             replicas=(FAST,) * 4,
             rate=300,
-            limits=LIMITS,
-            actions=(Action(0.3, 0, "kill"), Action(0.6, 0, "restart")),
-            phases=("before", "r0 down", "r0 restarted"),
+            limits=Limits(max_inflight=FAST.slots, response_s=2.0),
+            client_timeout_s=2.0,
+            actions=(Action(0.25, 0, "stop"), Action(0.5, 0, "kill"), Action(0.75, 0, "restart")),
+            phases=("before", "r0 hung", "r0 dead", "r0 restarted"),
             target="errors",
         ),
         Scenario(

@@ -37,6 +37,7 @@ def test_the_gateway_config_is_valid_and_carries_the_limits(tmp_path: Path) -> N
     h = pool.health
     assert (h.interval_s, h.timeout_s, h.healthy_threshold, h.unhealthy_threshold) == (2, 1, 2, 3)
     assert pool.outlier.consecutive_failures == 5
+    assert (pool.hedging.enabled, pool.hedging.max_extra_percent) == (True, 2.0)
 
 
 @pytest.mark.parametrize("balance", ["roundrobin", "leastconn"])

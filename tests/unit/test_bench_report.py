@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from load.bench.report import replace_section, table, verdict
+from load.bench.report import describe_run, replace_section, table, verdict
 from load.bench.runner import phases
 from load.bench.scenarios import SCENARIOS
 from load.loadgen import Record, Summary
@@ -98,9 +98,15 @@ def test_the_table_has_a_row_per_contestant_and_the_watched_share() -> None:
 
 
 def test_phases_are_cut_at_the_actions() -> None:
-    s = SCENARIOS["failover"]  # kill at 30 %, restart at 60 %
-    records = [Record(t, "ok", 0.01, "r1") for t in (0.5, 2.9, 3.1, 5.9, 6.0, 9.9)]
+    s = SCENARIOS["failover"]  # stop at 25 %, kill at 50 %, restart at 75 %
+    records = [Record(t, "ok", 0.01, "r1") for t in (0.5, 2.4, 2.6, 4.9, 5.0, 7.4, 7.5, 9.9)]
     cut = phases(s, Summary(urls=[], rate=1, duration_s=10, records=records), 10.0)
-    assert [p["name"] for p in cut] == ["before", "r0 down", "r0 restarted"]
-    assert [p["arrivals"] for p in cut] == [2, 2, 2]
-    assert [p["from_s"] for p in cut] == [0.0, 3.0, 6.0]
+    assert [p["name"] for p in cut] == ["before", "r0 hung", "r0 dead", "r0 restarted"]
+    assert [p["arrivals"] for p in cut] == [2, 2, 2, 2]
+    assert [p["from_s"] for p in cut] == [0.0, 2.5, 5.0, 7.5]
+
+
+def test_the_run_is_described_with_its_timeouts() -> None:
+    r = {"rate": 300, "options": {"duration": 20, "burstiness": 1, "seed": 1, "timeout": 2.0},
+         "limits": {"max_inflight": 4, "response_s": 2.0}}  # fmt: skip
+    assert "response timeout 2 s, client timeout 2 s" in describe_run(r)
