@@ -5,9 +5,14 @@ request still without a response head after the pool's recent ``percentile`` of 
 latency is among the slowest ``100 - percentile`` %, whatever made it slow (a replica
 that hung, paused, or is just having a bad moment), so a second attempt goes to another
 replica and the first head wins. Sending it at that percentile also bounds the extra
-load to about that share of requests; the proxy's budget makes the bound hard.
+load to about that share of requests; the pool's hedge budget makes the bound hard.
 
-Pure logic: the delay is a quantile of the last ``WINDOW`` head latencies, re-sorted every
+The delay is never under ``LATE_OVER_MEDIAN`` x the median either. Where latency is
+tight (a model with a steady service time) the high percentiles sit just above the median,
+and backups sent there would mostly lose the race to an answer a millisecond away: pure
+extra load, which would also spend the budget that a hung replica's requests need.
+
+Pure logic: both are taken from the last ``WINDOW`` head latencies, re-sorted every
 ``REFRESH`` samples rather than on every request.
 """
 
@@ -17,6 +22,7 @@ import math
 
 WINDOW = 512  # recent head latencies the quantile is taken over
 REFRESH = 64  # new samples between two re-sorts; before the first, no hedging
+LATE_OVER_MEDIAN = 2.0  # a head this many times later than the median is late at any rate
 
 
 class HedgeDelay:
@@ -26,7 +32,7 @@ class HedgeDelay:
         self._samples: list[float] = []
         self._next = 0  # where the next sample goes once the window is full
         self._fresh = 0  # samples since the last re-sort
-        self._tail: float | None = None  # the percentile; None while it is unknown
+        self._tail: float | None = None  # None while unknown
 
     def add(self, latency_s: float) -> None:
         samples = self._samples
@@ -43,7 +49,8 @@ class HedgeDelay:
         self._fresh = 0
         ordered = sorted(self._samples)
         rank = math.ceil(len(ordered) * self.percentile / 100) - 1  # nearest rank
-        self._tail = ordered[max(0, rank)]
+        median = ordered[len(ordered) // 2]
+        self._tail = max(ordered[max(0, rank)], LATE_OVER_MEDIAN * median)
 
     @property
     def value(self) -> float | None:

@@ -82,7 +82,8 @@ def gateway_config(
         "queue": {"max_size": lim.queue_size, "timeout_s": lim.queue_s},
         "timeouts": {"connect_s": lim.connect_s, "request_s": lim.response_s},
         "retries": {"attempts": lim.attempts},
-        # a backup try for a request slower than the pool's recent p98, at most 2 % of them
+        # a backup try for a request slower than the pool's recent p98 (and twice its
+        # median), at most 2 % of them
         # (no peer has one: they retry a hung try only after the response timeout)
         "hedging": {"enabled": True, "max_extra_percent": 2.0},
         "health": {"interval_s": lim.health_interval_s, "timeout_s": lim.health_timeout_s,

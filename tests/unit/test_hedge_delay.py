@@ -1,8 +1,10 @@
-"""The hedge delay: a percentile of recent response-head latencies, with a floor."""
+"""The hedge delay: a percentile of recent response-head latencies, with floors."""
 
 from __future__ import annotations
 
-from gateway.hedging import REFRESH, WINDOW, HedgeDelay
+import pytest
+
+from gateway.hedging import LATE_OVER_MEDIAN, REFRESH, WINDOW, HedgeDelay
 
 
 def test_no_delay_until_the_tail_is_known() -> None:
@@ -11,27 +13,33 @@ def test_no_delay_until_the_tail_is_known() -> None:
         delay.add(0.01)
     assert delay.value is None
     delay.add(0.01)
-    assert delay.value == 0.01
+    assert delay.value is not None
 
 
-def test_the_delay_is_the_percentile_of_recent_heads() -> None:
+def test_a_long_tail_sets_the_delay_at_the_percentile() -> None:
     delay = HedgeDelay(percentile=98.0)
-    for i in range(100):  # 1 ms .. 100 ms, shuffled by a stride coprime to 100
-        delay.add((i * 37 % 100 + 1) / 1000)
-    for _ in range(REFRESH - 100 % REFRESH):  # up to the next re-sort, with more fast heads
-        delay.add(0.001)
-    # 128 samples: rank ceil(128 * 0.98) = 126 is the third slowest, 98 ms
-    assert delay.value == 0.098
+    tail = [0.1 * (i + 1) for i in range(8)]  # 0.1 .. 0.8 s
+    for latency in [0.01] * (2 * REFRESH - len(tail)) + tail:
+        delay.add(latency)
+    # 128 samples: rank ceil(128 * 0.98) = 126 is the third slowest
+    assert delay.value == pytest.approx(0.6)
+
+
+def test_a_tight_distribution_sets_it_at_twice_the_median() -> None:
+    delay = HedgeDelay(percentile=98.0)
+    for i in range(REFRESH):  # 10.0 .. 10.63 ms: the p98 is barely above the median
+        delay.add(0.010 + i * 0.00001)
+    assert delay.value == pytest.approx(LATE_OVER_MEDIAN * (0.010 + REFRESH // 2 * 0.00001))
 
 
 def test_old_heads_leave_the_window() -> None:
-    delay = HedgeDelay(percentile=50.0)
+    delay = HedgeDelay(percentile=98.0)
     for _ in range(WINDOW):
         delay.add(1.0)
-    assert delay.value == 1.0
+    assert delay.value == 2.0
     for _ in range(WINDOW):
-        delay.add(0.002)
-    assert delay.value == 0.002
+        delay.add(0.01)
+    assert delay.value == 0.02
 
 
 def test_the_floor_holds_and_follows_settings() -> None:
@@ -40,4 +48,4 @@ def test_the_floor_holds_and_follows_settings() -> None:
         delay.add(0.001)
     assert delay.value == 0.005
     delay.min_delay_s = 0.0  # a reload: takes effect at once, without new samples
-    assert delay.value == 0.001
+    assert delay.value == 0.002
