@@ -9,6 +9,12 @@ current time as an argument. Two independent verdicts make a replica routable:
   the replica for ``base x n`` seconds on its n-th ejection, capped at ``max``, like Envoy's
   outlier detection. The pool decides whether an ejection is allowed at all (the
   max-ejected-percent cap is a property of the pool, not of one replica).
+
+When the active verdict comes back up, an ejection still running is lifted: the replica
+that failed its checks and now passes them has restarted or recovered, so what its
+requests said before is stale (Envoy's ``successful_active_health_check_uneject_host``,
+but only on that transition, so a replica that fails requests while passing its checks
+stays ejected).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class ReplicaHealth:
         self.up, self.streak = ok, 0
         if ok:
             self.failures = 0
+            self.ejected_until = 0.0
         return True
 
     def record_request(self, ok: bool, now: float, rules: HealthRules, may_eject: bool) -> bool:

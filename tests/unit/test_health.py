@@ -88,3 +88,16 @@ def test_failures_while_ejected_do_not_extend_the_ejection() -> None:
     for _ in range(6):
         assert not h.record_request(False, 5.0, RULES, may_eject=True)
     assert h.ejected_until == 10.0
+
+
+def test_coming_back_up_lifts_an_ejection_but_passing_checks_alone_does_not() -> None:
+    h = ReplicaHealth()
+    for _ in range(3):
+        h.record_request(False, 0.0, RULES, may_eject=True)
+    h.record_probe(True, RULES)  # checks that pass while it fails requests: still ejected
+    assert h.ejected(1.0)
+    for _ in range(RULES.fall):
+        h.record_probe(False, RULES)
+    for _ in range(RULES.rise):
+        h.record_probe(True, RULES)  # down, then back: a restarted or recovered replica
+    assert h.routable(1.0)
