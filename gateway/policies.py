@@ -37,6 +37,10 @@ random choices often miss the one idle replica); above it, power of two choices.
 PENALTY_FACTOR = 2.0
 """A failure counts as at least this multiple of the replica's typical successful latency."""
 
+TYPICAL_SAMPLES = 256
+"""About how many recent successful samples, from any replica, the pool's typical latency
+averages: what an unmeasured replica costs, and where an idle one's estimate relaxes to."""
+
 
 class Policy(Protocol):
     def pick(self, candidates: Sequence[Replica]) -> Replica | None: ...
@@ -145,20 +149,22 @@ class PeakEwma:
     wins; ``slots`` is the pool's ``max_inflight_per_replica``.
 
     * Samples update a peak-EWMA (see ``_peak_ewma``). A replica without samples (new,
-      or back after its health checks failed) is taken to be typical: it costs the median
-      estimate of the measured candidates (``default_rtt_s`` when none is measured), so it
-      gets its share at once and is measured, rather than idling behind a fixed guess
-      that may be slower than every replica in the pool. Its first sample replaces the
-      guess outright (as in Finagle), since blending a measurement with a guess under a
-      10 s decay would leave it looking like the guess for tens of seconds.
+      or back after its health checks failed) is taken to be typical: it costs the pool's
+      typical latency, an average over the last ``TYPICAL_SAMPLES`` or so successful
+      samples from any replica (``default_rtt_s`` before the first), so it gets its share
+      at once and is measured, rather than idling behind a fixed guess that may be slower
+      than every replica in the pool. Its first sample replaces the guess outright (as in
+      Finagle), since blending a measurement with a guess under a 10 s decay would leave
+      it looking like the guess for tens of seconds.
     * A failure (``ok=False``: connect error, timeout, 5xx, 429) is recorded as the sample
       ``max(latency_s, penalty_s, PENALTY_FACTOR x the success-only EWMA)``, so a replica
       answering instant 500s looks slow, not fast (Linkerd 11669). The penalty is based on
       the success-only EWMA so a burst of failures does not compound it without bound.
     * At pick time (and only then; stored state is untouched) the estimate is relaxed toward
-      ``default_rtt_s`` with the same time constant, by the time since the last sample: a
-      replica that was slow or failing once, and therefore gets no traffic, becomes
-      attractive again after a while and is re-measured instead of being shunned forever.
+      the pool's typical latency with the same time constant, by the time since the last
+      sample: a replica that was slow or failing once, and therefore gets no traffic,
+      becomes as attractive as a typical one after a while and is re-measured, instead of
+      being shunned for as long as the others answer faster than a fixed default.
     * The in-flight factor keeps a new or fast replica from being flooded: each request it
       takes raises its cost, so load spreads in proportion to 1 / latency. With one slot it
       is Finagle's ``(inflight + 1)``. A model server with several slots answers them side
@@ -189,34 +195,27 @@ class PeakEwma:
         self.default_rtt_s = default_rtt_s
         self.penalty_s = penalty_s
         self._state: dict[str, _Ewma] = {}
+        self._typical: float | None = None  # the pool's typical successful latency
 
     def estimate(self, replica: Replica) -> float:
         """The latency estimate ``pick`` uses now (seconds), before the inflight factor."""
         return self._estimate(replica, self.clock())
 
     def _estimate(self, replica: Replica, now: float) -> float:
+        typical = self.default_rtt_s if self._typical is None else self._typical
         s = self._state.get(replica.id)
         if s is None:
-            return self.default_rtt_s
+            return typical
         w = math.exp(-max(now - s.stamp, 0.0) / self.decay_s)
-        return self.default_rtt_s + (s.value - self.default_rtt_s) * w
-
-    def _typical(self, candidates: Sequence[Replica], now: float) -> float:
-        """The median estimate of the measured candidates: what an unmeasured one costs."""
-        known = sorted(self._estimate(r, now) for r in candidates if r.id in self._state)
-        return known[len(known) // 2] if known else self.default_rtt_s
+        return typical + (s.value - typical) * w
 
     def pick(self, candidates: Sequence[Replica]) -> Replica | None:
         if not candidates:
             return None
         now = self.clock()
-        state = self._state
-        unmeasured = any(r.id not in state for r in candidates)
-        typical = self._typical(candidates, now) if unmeasured else 0.0  # 0.0: never read
 
         def cost(r: Replica) -> float:
-            estimate = self._estimate(r, now) if r.id in state else typical
-            return estimate * (1.0 + r.inflight / self.slots)
+            return self._estimate(r, now) * (1.0 + r.inflight / self.slots)
 
         if len(candidates) <= FULL_SCAN_MAX:
             return _full_scan(candidates, cost, self.rng)
@@ -232,6 +231,10 @@ class PeakEwma:
             s = self._state[replica.id] = _Ewma(0.0, now, 0.0, now)
         if ok:
             sample = latency_s
+            typical = self._typical
+            self._typical = (
+                sample if typical is None else typical + (sample - typical) / TYPICAL_SAMPLES
+            )
             s.ok_value = _peak_ewma(s.ok_value, s.ok_stamp, sample, now, self.decay_s)
             s.ok_stamp = now
         else:

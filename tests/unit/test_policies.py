@@ -12,6 +12,7 @@ import pytest
 
 from gateway.policies import (
     POLICY_NAMES,
+    TYPICAL_SAMPLES,
     LeastConnections,
     PeakEwma,
     Policy,
@@ -228,7 +229,7 @@ def test_ewma_moves_toward_new_samples_with_time(
 
 @pytest.mark.parametrize(("slots", "busy_fast", "expected"), [
     (1, 1, "fast"),  # one slot: 10 ms x 2 still beats 50 ms
-    (1, 4, "slow"),  # 10 ms x 5: the serial (in-flight + 1) factor
+    (1, 5, "slow"),  # 10 ms x 6: the serial (in-flight + 1) factor
     (4, 3, "fast"),  # 4 slots, 3 busy: 10 ms x 1.75, the fast one answers in its usual time
 ])  # fmt: skip
 def test_peak_ewma_counts_busy_slots_as_a_share_of_the_cap(
@@ -242,7 +243,7 @@ def test_peak_ewma_counts_busy_slots_as_a_share_of_the_cap(
     assert policy.pick([fast, slow]) is (fast if expected == "fast" else slow)
 
 
-def test_an_unmeasured_replica_costs_the_median_of_the_measured_ones() -> None:
+def test_an_unmeasured_replica_costs_the_pools_typical_latency() -> None:
     policy, _ = new("peak_ewma", slots=4)
     a, b, c, fresh = replicas("a", "b", "c", "fresh")
     for r, latency in ((a, 0.01), (b, 0.011), (c, 0.05)):
@@ -294,10 +295,28 @@ def test_an_idle_penalised_replica_becomes_attractive_again() -> None:
     policy.on_end(bad, 0.001, False)
     policy.on_end(good, 0.05, True)
     assert policy.pick([bad, good]) is good  # 1.0 x 1 against 0.05 x 2
-    clock.now = 60.0  # no traffic to bad meanwhile: its estimate relaxes toward default_rtt_s
-    assert policy.estimate(bad) == pytest.approx(0.03 + 0.97 * math.exp(-6))
+    clock.now = 60.0  # no traffic to bad meanwhile: it relaxes toward the typical 0.05
+    assert policy.estimate(bad) == pytest.approx(0.05 + 0.95 * math.exp(-6))
     policy.on_end(good, 0.05, True)  # good stays measured at 0.05
     assert policy.pick([bad, good]) is bad  # so bad gets probed again
+
+
+def test_a_shunned_replica_is_probed_again_when_the_others_beat_the_default() -> None:
+    """The relaxation target is the pool's typical latency, not ``default_rtt_s``: with
+    every replica faster than that default, one that was slow once would never again
+    look cheaper than the others."""
+    policy, clock = new("peak_ewma", slots=4)
+    slow_once, a, b = replicas("slow_once", "a", "b", inflight=(0, 2, 2))
+    policy.on_end(slow_once, 0.05, True)
+    for _ in range(TYPICAL_SAMPLES):
+        policy.on_end(a, 0.01, True)
+        policy.on_end(b, 0.01, True)
+    assert policy.pick([slow_once, a, b]) is not slow_once
+    for t in range(1, 61):  # a minute of traffic to a and b only
+        clock.now = float(t)
+        policy.on_end(a, 0.01, True)
+        policy.on_end(b, 0.01, True)
+    assert policy.pick([slow_once, a, b]) is slow_once  # about 13 ms against 10 ms x 1.5
 
 
 def test_forget_drops_state() -> None:
@@ -307,5 +326,5 @@ def test_forget_drops_state() -> None:
     policy.on_end(r, 2.0, True)
     assert policy.estimate(r) == pytest.approx(2.0)
     policy.forget("a")
-    assert policy.estimate(r) == pytest.approx(0.03)
+    assert policy.estimate(r) == pytest.approx(2.0)  # unmeasured: the pool's typical latency
     policy.forget("never-seen")  # harmless
