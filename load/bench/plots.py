@@ -9,6 +9,7 @@ imported here only, when a figure is drawn (the ``load`` extra).
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,8 @@ def plot_scenario(result: dict[str, Any], path: Path) -> None:
     )
     p50.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     o = result["options"]
-    fig.suptitle(f"{result['scenario']}: {result['about']}\n{result['rate']:g} rps offered, "
+    about = textwrap.fill(f"{result['scenario']}: {result['about']}", 110)  # long ones fit
+    fig.suptitle(f"{about}\n{result['rate']:g} rps offered, "
                  f"burstiness {o['burstiness']:g}, {o['duration']:g} s per contestant",
                  fontsize="medium")  # fmt: skip
     fig.tight_layout()
