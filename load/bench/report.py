@@ -140,7 +140,10 @@ def _columns(result: dict[str, Any]) -> list[Column]:
     if result["target"] == "throughput":
         haproxy = max((per_core(r) or 0.0 for r in runs if r["kind"] == "haproxy"), default=0.0)
         cols.append(("rps per core", lambda r: _fmt(per_core(r), "{:.0f}")))
-        cols.append(("x HAProxy", lambda r: _fmt((per_core(r) or 0) / haproxy or None, "{:.2f}")))
+        if haproxy:  # none when --contestants leaves HAProxy out
+            cols.append(
+                ("x HAProxy", lambda r: _fmt((per_core(r) or 0) / haproxy or None, "{:.2f}"))
+            )
     return cols
 
 

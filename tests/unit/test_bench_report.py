@@ -83,6 +83,12 @@ def test_throughput_is_a_ratio_to_the_best_haproxy() -> None:
     assert "**0.25**" in (verdict(r) or "")
 
 
+def test_a_throughput_table_without_haproxy_has_no_ratio_column() -> None:
+    lines = table(result("throughput", run("gateway-peak_ewma", "gateway", 5))).splitlines()
+    assert "rps per core" in lines[0] and "x HAProxy" not in lines[0]  # --contestants
+    assert "| 1000 |" in lines[2]
+
+
 def test_no_verdict_without_the_gateway_or_a_target() -> None:
     assert verdict(result(None, run("gateway-peak_ewma", "gateway", 5))) is None
     assert verdict(result("p99", run("haproxy-leastconn", "haproxy", 5))) is None
