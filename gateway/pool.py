@@ -201,6 +201,7 @@ class Pool:
         failed = status is None or status >= 500
         if not failed:
             self._hedge_delay.add(latency_s)
+            replica.health.record_head(latency_s)
         self.policy.on_end(replica, latency_s, not failed and status != 429)
         now = self.clock()
         may_eject = failed and self._may_eject(now)  # counted only when it can matter
@@ -209,6 +210,16 @@ class Pool:
             until = replica.health.ejected_until - now
             log.info("pool %s: ejected replica %s for %.0f s", self.name, replica.id, until)
         self._dispatch()
+
+    def outrun(self, replica: Replica, waited_s: float) -> None:
+        """Return the slot of an attempt whose hedge's backup answered first, after it had
+        waited ``waited_s``: a failure if the replica hung (``health``), else only a sign
+        that it takes at least that long, which the policy learns from."""
+        if replica.health.hung(waited_s):
+            self.release(replica, waited_s, None)
+        else:
+            self.policy.on_end(replica, waited_s, True)
+            self.abandon(replica)
 
     def abandon(self, replica: Replica) -> None:
         """Return a slot whose attempt produced no outcome worth learning from."""

@@ -405,8 +405,8 @@ class Proxy:
         except (UpstreamError, OSError) as exc:
             pool.release(replica, self.clock() - t0, None)
             raise _Failed(502, "connect" if isinstance(exc, ConnectFailed) else "reset") from None
-        except _Outrun:  # it took at least this long: the replica's failure
-            pool.release(replica, self.clock() - t0, None)
+        except _Outrun:
+            pool.outrun(replica, self.clock() - t0)
             raise _Failed(504, "outrun") from None
         except BaseException:
             pool.abandon(replica)

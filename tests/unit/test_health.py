@@ -101,3 +101,21 @@ def test_coming_back_up_lifts_an_ejection_but_passing_checks_alone_does_not() ->
     for _ in range(RULES.rise):
         h.record_probe(True, RULES)  # down, then back: a restarted or recovered replica
     assert h.routable(1.0)
+
+
+@pytest.mark.parametrize(
+    ("heads", "waited", "hung"),
+    [
+        ((), 0.01, True),  # nothing known yet: an outrun attempt counts
+        ((0.01,) * 5, 0.03, True),  # three times its usual: it hung
+        ((0.03,) * 5, 0.03, False),  # a slow replica at its usual pace: not a failure
+        ((0.01,) * 5 + (0.05,) * 10, 0.03, False),  # the usual follows recent heads
+    ],
+)
+def test_an_outrun_attempt_is_a_failure_only_far_past_the_usual(
+    heads: tuple[float, ...], waited: float, hung: bool
+) -> None:
+    h = ReplicaHealth()
+    for latency in heads:
+        h.record_head(latency)
+    assert h.hung(waited) == hung

@@ -211,3 +211,19 @@ def test_hedges_stay_within_their_budget() -> None:
     while pool.try_hedge(frozenset()) is not None:
         hedges += 1
     assert hedges == 20  # the default max_extra_percent: 2 % of the requests
+
+
+def test_a_replica_outrun_at_its_usual_pace_is_not_ejected() -> None:
+    """A smaller GPU in a mixed pool loses hedge races without having failed."""
+    pool, (slow, _), clock = make_pool(2, outlier={"consecutive_failures": 3})
+    for _ in range(5):
+        pool._start(slow)
+        pool.release(slow, 0.03, 200)
+    for _ in range(10):
+        pool._start(slow)
+        pool.outrun(slow, 0.03)
+    assert slow.inflight == 0 and slow.health.routable(clock())
+    for _ in range(3):  # outrun after 10x its usual head: it hung
+        pool._start(slow)
+        pool.outrun(slow, 0.3)
+    assert slow.inflight == 0 and not slow.health.routable(clock())
