@@ -3,7 +3,9 @@
 This is where the data plane and the control plane meet. Requests ``acquire`` a replica
 (waiting in a bounded FIFO queue when every eligible replica is at its slot cap) and
 ``release`` it with the outcome; discovery swaps in whole replica snapshots; the prober
-and the proxy's outcomes feed each replica's health.
+and the proxy's outcomes feed each replica's health. The pool also keeps what hedging
+needs: the delay learnt from its response heads, and the budget for backup attempts,
+which take a free slot or none (``try_hedge``).
 
 Invariants:
 * a replica's ``inflight`` never exceeds ``max_inflight`` (the cap is hard: above it,
