@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -21,6 +22,12 @@ async def serve(config: Config, path: str) -> None:
     """Run until SIGTERM or SIGINT, then drain and stop; SIGHUP reloads the config."""
     gateway = Gateway(config, config_path=path)
     await gateway.start()
+    # Start-up leaves its own garbage and many long-lived objects (modules, config models,
+    # the admin app). Collect now, before traffic, rather than in a full collection that
+    # pauses the loop some 15 ms under the first requests; freeze the survivors so later
+    # full collections do not walk them again.
+    gc.collect()
+    gc.freeze()
     log.info("listening on %s:%d, admin on %s:%d", config.listen.host, gateway.port,
              config.admin.host, gateway.admin_port)  # fmt: skip
     stop = asyncio.Event()
