@@ -67,8 +67,9 @@ class Retries(_Model):
 
 class Hedging(_Model):
     """A backup attempt on another replica for a request slower than the pool's recent
-    (100 - ``max_extra_percent``) percentile of response-head latency; at most that
-    share of requests is hedged. A hedge is one of ``retries.attempts``."""
+    (100 - ``max_extra_percent``) percentile of response-head latency, or twice its
+    median if later; at most that share of requests is hedged. A hedge is one of
+    ``retries.attempts``."""
 
     enabled: bool = True
     max_extra_percent: float = Field(2.0, gt=0, lt=100)

@@ -25,7 +25,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.pool import NoCapacity, Pool
 from gateway.recorder import NULL_RECORDER, Recorder
@@ -95,6 +95,10 @@ class _Call:
     request_id: str
     started: float
     host_missing: bool = False
+    body: bytes = b""  # read whole, so that every attempt can send it
+    headers: list[tuple[str, str]] = field(default_factory=list)  # what goes to a replica
+    deadline: float | None = None  # for the response head, set once the first slot is had:
+    # queue waits have their own bounds, so a long cold start does not eat the request's time
     attempts: int = 0  # sent to a replica so far, hedges included
     tried: frozenset[str] = frozenset()  # the replicas they went to
 
@@ -215,23 +219,20 @@ class Proxy:
         headers.append(("X-Forwarded-Proto", "http"))
         headers.append(("X-Request-ID", request_id))
         call.host_missing = exchange.header("host") is None
+        call.body, call.headers = body, headers
 
         pool.record_request()
         try:
-            await self._forward(call, body, headers)
+            await self._forward(call)
         except asyncio.CancelledError:
             if exchange.client_gone:
                 self._finish(call, "", CLIENT_CLOSED)
             raise
 
-    async def _forward(self, call: _Call, body: bytes, headers: list[tuple[str, str]]) -> None:
+    async def _forward(self, call: _Call) -> None:
         pool = call.pool
-        timeouts = pool.settings.timeouts
-        per_try = timeouts.per_try_s or timeouts.request_s
         attempts = pool.settings.retries.attempts
         budget = pool.retry_budget
-        deadline: float | None = None  # set once the first slot is had: queue waits have
-        # their own bounds, so a long cold start does not eat the request's time
         failure = NO_ATTEMPT
         while call.attempts < attempts:
             retry = call.attempts > 0
@@ -243,7 +244,7 @@ class Proxy:
                     break
                 self.recorder.retry(pool.name, failure.reason)
             try:
-                replica, cold_wait_s = await self._acquire(pool, call.tried, deadline)
+                replica, cold_wait_s = await self._acquire(pool, call.tried, call.deadline)
             except NoCapacity as exc:
                 if retry:
                     break
@@ -255,15 +256,11 @@ class Proxy:
                 break
             call.attempts += 1
             call.tried |= {replica.id}
-            if deadline is None:
-                deadline = self.clock() + timeouts.request_s
-            hedge = (
-                self._hedge(call, headers, body, per_try, deadline)
-                if call.attempts < attempts
-                else None
-            )
+            if call.deadline is None:
+                call.deadline = self.clock() + pool.settings.timeouts.request_s
+            hedge = self._hedge(call) if call.attempts < attempts else None
             try:
-                answer = await self._attempt(call, replica, headers, body, per_try, deadline, hedge)
+                answer = await self._attempt(call, replica, hedge)
             except _Failed as exc:
                 failure = exc
                 continue
@@ -281,14 +278,7 @@ class Proxy:
             return await self._relay(call, answer)
         self._error(call, failure.status, f"upstream failed: {failure.reason}")
 
-    def _hedge(
-        self,
-        call: _Call,
-        headers: list[tuple[str, str]],
-        body: bytes,
-        per_try_s: float,
-        deadline: float,
-    ) -> _Hedge | None:
+    def _hedge(self, call: _Call) -> _Hedge | None:
         """The backup plan for the attempt about to be sent; None when the pool does not
         hedge (off, or its tail not known yet)."""
         pool = call.pool
@@ -303,29 +293,19 @@ class Proxy:
             call.attempts += 1
             call.tried |= {replica.id}
             self.recorder.hedge(pool.name)
-            send = self._send(call, replica, headers, body, per_try_s, deadline)
-            return asyncio.ensure_future(send)
+            return asyncio.ensure_future(self._send(call, replica))
 
         return _Hedge(start_backup, delay_s)
 
-    async def _attempt(
-        self,
-        call: _Call,
-        replica: Replica,
-        headers: list[tuple[str, str]],
-        body: bytes,
-        per_try_s: float,
-        deadline: float,
-        hedge: _Hedge | None,
-    ) -> _Answer:
+    async def _attempt(self, call: _Call, replica: Replica, hedge: _Hedge | None) -> _Answer:
         """``_send``, and the backup attempt ``hedge`` may have added: the answer that
         stands. A good first answer wins and the backup is dropped; otherwise (a failure,
         a retryable status, or outrun by the backup) the backup's outcome stands."""
         if hedge is None:
-            return await self._send(call, replica, headers, body, per_try_s, deadline)
+            return await self._send(call, replica)
         answer: _Answer | None = None
         try:
-            answer = await self._send(call, replica, headers, body, per_try_s, deadline, hedge.arm)
+            answer = await self._send(call, replica, hedge.arm)
         except _Failed:
             if hedge.backup is None:
                 raise
@@ -372,10 +352,6 @@ class Proxy:
         self,
         call: _Call,
         replica: Replica,
-        headers: list[tuple[str, str]],
-        body: bytes,
-        per_try_s: float,
-        deadline: float,
         sent: Callable[[asyncio.Future[None]], None] | None = None,
     ) -> _Answer:
         """One attempt up to the response head. On success the caller owns the response
@@ -383,8 +359,10 @@ class Proxy:
         upstream's hook on the wait for the head (a hedge arms itself there)."""
         exchange, pool = call.exchange, call.pool
         timeouts = pool.settings.timeouts
+        headers = call.headers
         if call.host_missing:  # an HTTP/1.0 client may omit Host; HTTP/1.1 requires it
             headers = [*headers, ("Host", f"{replica.host}:{replica.port}")]
+        assert call.deadline is not None  # set with the first slot
         t0 = self.clock()
         try:
             response = await self.upstream.request(
@@ -393,9 +371,9 @@ class Proxy:
                 replica.port,
                 exchange.target,  # byte-exact: path and query as the client sent them
                 headers,
-                body,
+                call.body,
                 timeouts.connect_s,
-                min(per_try_s, deadline - t0),
+                min(timeouts.per_try_s or timeouts.request_s, call.deadline - t0),
                 timeouts.request_s,
                 sent,
             )
