@@ -195,13 +195,10 @@ class Gateway:
             self._autoscale(pool, settings.autoscale)
 
     def _policy(self, settings: PoolSettings) -> Policy:
-        # peak_ewma counts busy slots as a share of the replica's cap (see PeakEwma)
-        slots = settings.max_inflight_per_replica
-        params = {"slots": slots} if settings.policy == "peak_ewma" else {}
-        return make_policy(settings.policy, clock=self.clock, rng=self.rng, **params)
+        return make_policy(settings.policy, clock=self.clock, rng=self.rng)
 
     async def _update_pool(self, pool: Pool, old: PoolSettings, new: PoolSettings) -> None:
-        if (new.policy, new.max_inflight_per_replica) != (old.policy, old.max_inflight_per_replica):
+        if new.policy != old.policy:
             pool.use_policy(self._policy(new))
         pool.apply(new)
         scaler = self.autoscalers.get(pool.name)

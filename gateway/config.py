@@ -126,7 +126,9 @@ class Autoscale(_Model):
 class Pool(_Model):
     policy: str = "peak_ewma"
     backends: tuple[str, ...] = ()
-    max_inflight_per_replica: int = Field(8, ge=1)
+    max_inflight_per_replica: int = Field(64, ge=1)  # the hard cap on one replica
+    concurrency_limit: Literal["auto", "fixed"] = "auto"  # auto: learn each replica's knee
+    # under the cap (limits.py); fixed: the cap is the limit
     queue: Queue = Queue()
     timeouts: Timeouts = Timeouts()
     retries: Retries = Retries()

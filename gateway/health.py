@@ -10,10 +10,10 @@ current time as an argument. Two independent verdicts make a replica routable:
   outlier detection. The pool decides whether an ejection is allowed at all (the
   max-ejected-percent cap is a property of the pool, not of one replica).
 
-An attempt that a hedge's backup outran (``proxy.py``) is a failure only if the replica
-had kept it far longer than its own usual head latency (``usual_s``, an average of its
-recent heads): that replica hung. One that is merely slower than its peers, a smaller GPU
-in a mixed pool, loses such races at its usual pace and is not ejected for it.
+An attempt that a hedge's backup outran (``proxy.py``) is a failure only on evidence that
+the replica hung (``hung``), never because a race was lost: a backup wins often enough by
+chance on a healthy pool with a heavy tail, and a replica that is merely slower than its
+peers (a smaller GPU in a mixed pool) loses such races at its usual pace.
 
 When the active verdict comes back up, an ejection still running is lifted: the replica
 that failed its checks and now passes them has restarted or recovered, so what its
@@ -24,10 +24,12 @@ stays ejected).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-HUNG_OVER_USUAL = 2.0  # an outrun attempt this many times past the usual head: it hung
-USUAL_WEIGHT = 0.1  # of each new head in ``usual_s``: about the last ten count
+from gateway.hedging import OWN_PERCENTILE, Window
+
+OWN_WINDOW = 256  # a replica's recent heads its own tail is taken over
+OWN_REFRESH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +48,10 @@ class ReplicaHealth:
     failures: int = 0  # consecutive failed requests
     ejections: int = 0  # times ejected so far; lengthens the next ejection
     ejected_until: float = 0.0
-    usual_s: float | None = None  # its recent heads' average latency; None before one
+    ejected_by_hedging: bool = False  # was the failure that ejected it a hang under a hedge
+    heads: Window = field(default_factory=lambda: Window(OWN_WINDOW, OWN_REFRESH))
+    last_head_at: float = float("-inf")  # clock time of its last successful response head
+    unanswered: int = 0  # attempts sent to it since then (the pool counts them)
 
     def routable(self, now: float) -> bool:
         return self.up and now >= self.ejected_until
@@ -68,17 +73,32 @@ class ReplicaHealth:
             self.ejected_until = 0.0
         return True
 
-    def record_head(self, latency_s: float) -> None:
-        """A successful response head came after ``latency_s``."""
-        usual = self.usual_s
-        self.usual_s = latency_s if usual is None else usual + (latency_s - usual) * USUAL_WEIGHT
+    def record_head(self, latency_s: float, now: float) -> None:
+        """A successful response head came after ``latency_s``, at ``now``."""
+        self.heads.add(latency_s)
+        self.last_head_at = now
+        self.unanswered = 0
 
-    def hung(self, waited_s: float) -> bool:
-        """Had an attempt that waited ``waited_s`` without a head outlasted the usual?"""
-        return self.usual_s is None or waited_s > HUNG_OVER_USUAL * self.usual_s
+    def hung(self, waited_s: float, now: float) -> bool:
+        """Did the replica hang, given that an attempt on it was outrun after waiting
+        ``waited_s``?
 
-    def record_request(self, ok: bool, now: float, rules: HealthRules, may_eject: bool) -> bool:
-        """Feed one request outcome; returns True when this failure ejected the replica."""
+        Only if it said nothing at all while the attempt waited, although another
+        attempt sent since its last answer is unanswered too (still on it, or given up
+        on), and the wait was past its own recent tail: a replica that is working
+        answers *something*, however heavy its tail, while one attempt alone tells a
+        long answer from a hang by nothing (the health checks and the policy's estimate
+        cover that case)."""
+        silent = self.last_head_at < now - waited_s
+        own_tail = self.heads.quantile(OWN_PERCENTILE)
+        unusual = own_tail is None or waited_s > own_tail
+        return silent and self.unanswered >= 2 and unusual
+
+    def record_request(
+        self, ok: bool, now: float, rules: HealthRules, may_eject: bool, by_hedging: bool = False
+    ) -> bool:
+        """Feed one request outcome; returns True when this failure ejected the replica.
+        ``by_hedging``: the failure is a hang that a hedge's backup revealed."""
         if ok:
             self.failures = 0
             return False
@@ -89,4 +109,5 @@ class ReplicaHealth:
         self.failures = 0
         duration = min(rules.base_ejection_s * self.ejections, rules.max_ejection_s)
         self.ejected_until = now + duration
+        self.ejected_by_hedging = by_hedging
         return True

@@ -185,6 +185,11 @@ class _Gauges(Collector):
             "gateway_replica_latency_estimate_seconds",
             "peak_ewma's latency estimate, before the in-flight factor", "pool", "replica",
         )  # fmt: skip
+        limit = gauge(
+            "gateway_replica_concurrency_limit",
+            "Most requests in flight on the replica: its learnt limit (or the fixed cap)",
+            "pool", "replica",
+        )  # fmt: skip
         for pool in self.observed.pools.values():
             now = pool.clock()
             depth.add_metric([pool.name], pool.queued)
@@ -193,11 +198,12 @@ class _Gauges(Collector):
             policy = pool.policy if isinstance(pool.policy, PeakEwma) else None
             for r in pool.replicas.values():
                 inflight.add_metric([pool.name, r.id], r.inflight)
+                limit.add_metric([pool.name, r.id], r.cap)
                 up.add_metric([pool.name, r.id], float(r.health.up))
                 ejected.add_metric([pool.name, r.id], float(r.health.ejected(now)))
                 if policy is not None:
                     estimate.add_metric([pool.name, r.id], policy.estimate(r))
-        yield from (inflight, up, ejected, depth, hedge_after, estimate)
+        yield from (inflight, limit, up, ejected, depth, hedge_after, estimate)
 
         replicas = gauge("gateway_replicas", "Managed replicas by state", "pool", "state")
         desired = gauge("gateway_replicas_desired", "The autoscaler's decision", "pool")

@@ -2,15 +2,17 @@
 
 The pool calls a policy on the event loop thread, for every attempt::
 
-    r = policy.pick(candidates)          # eligible replicas only; None when there are none
+    r = policy.pick(candidates, full, ahead)  # eligible replicas; None: none, or better wait
     policy.on_start(r)                   # after the pool incremented r.inflight
     policy.on_end(r, latency_s, ok)      # after it decremented it; latency = time to first byte
     policy.forget(replica_id)            # the replica left the pool
 
 Invariants every policy keeps:
 
-* ``pick`` returns one of ``candidates`` (None only for an empty sequence) and never writes to
-  a replica: the pool alone owns ``inflight`` and ``draining``.
+* ``pick`` returns one of ``candidates``, or None for an empty sequence or (peak_ewma only)
+  when waiting for one of ``full`` (routable replicas at their limit, with ``ahead``
+  requests queued before this one) is cheaper; it never writes to a replica: the pool
+  alone owns ``inflight``, ``draining`` and ``cap`` (the replica's concurrency limit).
 * Routing state lives here, keyed by ``Replica.id``, created lazily (any replica may show up
   at any time) and dropped by ``forget``, so it never outlives the replica.
 * The module is pure: time (``clock``, monotonic seconds) and randomness (``rng``) are
@@ -36,6 +38,15 @@ random choices often miss the one idle replica); above it, power of two choices.
 
 PENALTY_FACTOR = 2.0
 """A failure counts as at least this multiple of the replica's typical successful latency."""
+LOG_PENALTY_FACTOR = math.log(PENALTY_FACTOR)
+
+ALPHA = 1.0 / 16
+"""peak_ewma: the weight of each new answer in a replica's estimate (about the last 16)."""
+
+Z_NOISE = 3.0
+"""peak_ewma: estimates closer than this many standard errors of their difference tie."""
+NOISE_SCALE = ALPHA / (2.0 - ALPHA)
+"""The variance of an EWMA with weight ALPHA, as a share of its samples' variance."""
 
 TYPICAL_SAMPLES = 256
 """About how many recent successful samples, from any replica, the pool's typical latency
@@ -43,7 +54,9 @@ averages: what an unmeasured replica costs, and where an idle one's estimate rel
 
 
 class Policy(Protocol):
-    def pick(self, candidates: Sequence[Replica]) -> Replica | None: ...
+    def pick(
+        self, candidates: Sequence[Replica], full: Sequence[Replica] = (), ahead: int = 0
+    ) -> Replica | None: ...
     def on_start(self, replica: Replica) -> None: ...
     def on_end(self, replica: Replica, latency_s: float, ok: bool) -> None: ...
     def forget(self, replica_id: str) -> None: ...
@@ -103,7 +116,9 @@ class RoundRobin(_Stateless):
         super().__init__(clock=clock, rng=rng)
         self._next = 0
 
-    def pick(self, candidates: Sequence[Replica]) -> Replica | None:
+    def pick(
+        self, candidates: Sequence[Replica], full: Sequence[Replica] = (), ahead: int = 0
+    ) -> Replica | None:
         if not candidates:
             return None
         replica = candidates[self._next % len(candidates)]
@@ -115,63 +130,60 @@ class LeastConnections(_Stateless):
     """Fewest requests in flight, by a full scan: with few replicas and long requests (GPUs)
     a sampled choice misses the idle replica too often (Envoy added FULL_SCAN for this)."""
 
-    def pick(self, candidates: Sequence[Replica]) -> Replica | None:
+    def pick(
+        self, candidates: Sequence[Replica], full: Sequence[Replica] = (), ahead: int = 0
+    ) -> Replica | None:
         return _full_scan(candidates, _inflight, self.rng) if candidates else None
 
 
 class PowerOfTwoChoices(_Stateless):
     """Least connections over two random candidates: O(1), for large pools."""
 
-    def pick(self, candidates: Sequence[Replica]) -> Replica | None:
+    def pick(
+        self, candidates: Sequence[Replica], full: Sequence[Replica] = (), ahead: int = 0
+    ) -> Replica | None:
         return _two_choices(candidates, _inflight, self.rng) if candidates else None
 
 
 @dataclass(slots=True)
-class _Ewma:
-    value: float  # peak-EWMA of every sample, failure penalties included (s)
-    stamp: float  # clock time of the last update of ``value``
-    ok_value: float  # peak-EWMA of successful samples only: the base of the penalty
-    ok_stamp: float
-
-
-def _peak_ewma(old: float, stamp: float, sample: float, now: float, decay_s: float) -> float:
-    """Finagle/Linkerd update: a higher sample is taken at once (peak sensitivity); a lower
-    one is blended in with weight 1 - exp(-elapsed / decay_s), so the decay is per second,
-    not per request, and does not depend on the request rate."""
-    if sample > old:
-        return sample
-    w = math.exp(-max(now - stamp, 0.0) / decay_s)
-    return old * w + sample * (1.0 - w)
+class _Estimate:
+    mean: float  # EWMA of log latency (s), failure penalties included
+    var: float  # EWMA variance of log latency, successes only: the estimate's noise
+    ok_mean: float  # EWMA of log latency of successes only: the base of the penalty
+    stamp: float  # clock time of the last update
 
 
 class PeakEwma:
-    """Response-time weighting: cost = latency estimate x (1 + inflight / slots), cheapest
-    wins; ``slots`` is the pool's ``max_inflight_per_replica``.
+    """Response-time weighting: cost = latency estimate x (1 + inflight / cap), cheapest
+    wins; ``cap`` is the replica's concurrency limit (learnt, or the configured one).
 
-    * Samples update a peak-EWMA (see ``_peak_ewma``). A replica without samples (new,
-      or back after its health checks failed) is taken to be typical: it costs the pool's
-      typical latency, an average over the last ``TYPICAL_SAMPLES`` or so successful
-      samples from any replica (``default_rtt_s`` before the first), so it gets its share
-      at once and is measured, rather than idling behind a fixed guess that may be slower
-      than every replica in the pool. Its first sample replaces the guess outright (as in
-      Finagle), since blending a measurement with a guess under a 10 s decay would leave
-      it looking like the guess for tens of seconds.
-    * A failure (``ok=False``: connect error, timeout, 5xx, 429) is recorded as the sample
-      ``max(latency_s, penalty_s, PENALTY_FACTOR x the success-only EWMA)``, so a replica
-      answering instant 500s looks slow, not fast (Linkerd 11669). The penalty is based on
-      the success-only EWMA so a burst of failures does not compound it without bound.
-    * At pick time (and only then; stored state is untouched) the estimate is relaxed toward
-      the pool's typical latency with the same time constant, by the time since the last
-      sample: a replica that was slow or failing once, and therefore gets no traffic,
-      becomes as attractive as a typical one after a while and is re-measured, instead of
-      being shunned for as long as the others answer faster than a fixed default.
-    * The in-flight factor keeps a new or fast replica from being flooded: each request it
-      takes raises its cost, so load spreads in proportion to 1 / latency. With one slot it
-      is Finagle's ``(inflight + 1)``. A model server with several slots answers them side
-      by side (batching), so the factor counts busy slots as a share: a fast replica with 3
-      of 4 slots busy still answers in its usual time, and the serial ``inflight + 1``
-      would price it at 4x and send work to a 5x slower idle replica instead. Queueing
-      inside a replica still shows, as latency, in its estimate.
+    * **Estimate.** A replica's estimate is a running mean of log time-to-first-byte,
+      each answer weighing ``ALPHA``: a mean of logs, so a heavy tail (a lognormal's,
+      Pareto's, a slow mode) moves it little, and per answer, so it follows a replica
+      that slows down within a few answers. A failure (connect error, timeout, 5xx, 429)
+      is taken at once, as a peak, at ``max(latency_s, penalty_s, PENALTY_FACTOR x the
+      success-only estimate)``: a replica answering instant 500s looks slow, not fast
+      (Linkerd 11669), and a burst of failures does not compound the penalty.
+    * **No herding.** Two estimates that differ by less than ``Z_NOISE`` standard errors
+      of their difference (from each replica's variance of log latency) count as equal:
+      the cheaper one's is used for both, so on a pool of like replicas load alone
+      decides, as least-connections does, instead of noise sending each burst to
+      whichever replica drew the shortest answers lately.
+    * **Memory.** At pick time the estimate of a replica that had no answer for a while is
+      relaxed toward the pool's typical latency (a mean over about ``TYPICAL_SAMPLES``
+      answers from any replica) with time constant ``relax_s``, so a replica shunned for
+      being slow or failing is tried again within seconds and, once it answers well,
+      gets its share back. A new answer is blended with what pick saw (the relaxed
+      estimate) when it is lower, and with the stored estimate when it is not, so one
+      answer from a replica that is still slow restores what was known about it. A
+      replica with no answers yet costs the typical latency: it gets its share at once
+      and is measured; its first answer replaces the guess outright.
+    * **Load.** The in-flight factor counts busy slots as a share of the replica's limit:
+      with one slot it is Finagle's ``(inflight + 1)``; a batching model server answers
+      its slots side by side, so a fast replica with 3 of 4 slots busy is still a better
+      bet than an idle one 5x slower. When ``full`` replicas (at their limit) are cheaper
+      even counting the requests queued ``ahead``, ``pick`` returns None: waiting in the
+      gateway's queue for one beats a much slower replica that has room.
     * Full scan for up to ``FULL_SCAN_MAX`` candidates, power of two choices above;
       random tie-break in both.
     """
@@ -181,66 +193,95 @@ class PeakEwma:
         *,
         clock: Clock,
         rng: random.Random,
-        decay_s: float = 10.0,
+        relax_s: float = 2.0,
         default_rtt_s: float = 0.03,
         penalty_s: float = 1.0,
-        slots: int = 1,
     ) -> None:
-        if min(decay_s, default_rtt_s, penalty_s, slots) <= 0:
-            raise ValueError("peak_ewma: decay_s, default_rtt_s, penalty_s, slots must be > 0")
+        if min(relax_s, default_rtt_s, penalty_s) <= 0:
+            raise ValueError("peak_ewma: relax_s, default_rtt_s, penalty_s must be > 0")
         self.clock = clock
-        self.slots = slots
         self.rng = rng
-        self.decay_s = decay_s
-        self.default_rtt_s = default_rtt_s
-        self.penalty_s = penalty_s
-        self._state: dict[str, _Ewma] = {}
-        self._typical: float | None = None  # the pool's typical successful latency
+        self.relax_s = relax_s
+        self.log_penalty = math.log(penalty_s)
+        self._state: dict[str, _Estimate] = {}
+        self._typical = math.log(default_rtt_s)  # the pool's typical log latency
+        self._typical_var = 0.0  # and its variance: a new replica's prior noise
+        self._measured = False  # has any success been seen (else _typical is the default)
 
     def estimate(self, replica: Replica) -> float:
         """The latency estimate ``pick`` uses now (seconds), before the inflight factor."""
-        return self._estimate(replica, self.clock())
+        return math.exp(self._view(replica.id, self.clock())[0])
 
-    def _estimate(self, replica: Replica, now: float) -> float:
-        typical = self.default_rtt_s if self._typical is None else self._typical
-        s = self._state.get(replica.id)
+    def _view(self, replica_id: str, now: float) -> tuple[float, float]:
+        """(log latency estimate relaxed to ``now``, its variance)."""
+        s = self._state.get(replica_id)
         if s is None:
-            return typical
-        w = math.exp(-max(now - s.stamp, 0.0) / self.decay_s)
-        return typical + (s.value - typical) * w
+            return self._typical, self._typical_var
+        w = math.exp(-max(now - s.stamp, 0.0) / self.relax_s)
+        return self._typical + (s.mean - self._typical) * w, s.var
 
-    def pick(self, candidates: Sequence[Replica]) -> Replica | None:
+    def pick(
+        self, candidates: Sequence[Replica], full: Sequence[Replica] = (), ahead: int = 0
+    ) -> Replica | None:
         if not candidates:
             return None
         now = self.clock()
+        views = {r.id: self._view(r.id, now) for r in (*candidates, *full)}
+        best_mean, best_var = min(views.values())
+
+        def latency(r: Replica) -> float:
+            mean, var = views[r.id]
+            noise = Z_NOISE * math.sqrt(NOISE_SCALE * (var + best_var))
+            return best_mean if mean - best_mean <= noise else mean
 
         def cost(r: Replica) -> float:
-            return self._estimate(r, now) * (1.0 + r.inflight / self.slots)
+            return latency(r) + math.log1p(r.inflight / r.cap)
 
         if len(candidates) <= FULL_SCAN_MAX:
-            return _full_scan(candidates, cost, self.rng)
-        return _two_choices(candidates, cost, self.rng)
+            chosen = _full_scan(candidates, cost, self.rng)
+        else:
+            chosen = _two_choices(candidates, cost, self.rng)
+        if full:
+            share = ahead / len(full)  # the queue ahead spread over the full replicas
+            waiting = min(latency(r) + math.log1p((r.inflight + share) / r.cap) for r in full)
+            if waiting < cost(chosen):
+                return None
+        return chosen
 
     def on_start(self, replica: Replica) -> None:
         pass  # the pool's inflight count is all the cost needs
 
     def on_end(self, replica: Replica, latency_s: float, ok: bool) -> None:
         now = self.clock()
+        x = math.log(max(latency_s, 1e-6))
         s = self._state.get(replica.id)
-        if s is None:  # from zero, so the peak rule makes the first sample the estimate
-            s = self._state[replica.id] = _Ewma(0.0, now, 0.0, now)
+        if s is None:
+            first = x if ok else max(x, self.log_penalty)
+            ok_mean = x if ok else self._typical
+            s = self._state[replica.id] = _Estimate(first, self._typical_var, ok_mean, now)
+            if ok:
+                self._learn_typical(x)
+            return
+        seen, _ = self._view(replica.id, now)
         if ok:
-            sample = latency_s
-            typical = self._typical
-            self._typical = (
-                sample if typical is None else typical + (sample - typical) / TYPICAL_SAMPLES
-            )
-            s.ok_value = _peak_ewma(s.ok_value, s.ok_stamp, sample, now, self.decay_s)
-            s.ok_stamp = now
+            self._learn_typical(x)
+            start = seen if x < seen else max(s.mean, seen)
+            d = x - start
+            s.mean = start + ALPHA * d
+            s.var = (1.0 - ALPHA) * (s.var + ALPHA * d * d)
+            s.ok_mean += ALPHA * (x - s.ok_mean)
         else:
-            sample = max(latency_s, self.penalty_s, PENALTY_FACTOR * s.ok_value)
-        s.value = _peak_ewma(s.value, s.stamp, sample, now, self.decay_s)
+            penalty = max(x, self.log_penalty, LOG_PENALTY_FACTOR + s.ok_mean)
+            s.mean = max(seen, penalty)
         s.stamp = now
+
+    def _learn_typical(self, x: float) -> None:
+        if not self._measured:
+            self._typical, self._measured = x, True
+            return
+        a, d = 1.0 / TYPICAL_SAMPLES, x - self._typical
+        self._typical += a * d
+        self._typical_var = (1.0 - a) * (self._typical_var + a * d * d)
 
     def forget(self, replica_id: str) -> None:
         self._state.pop(replica_id, None)
@@ -257,7 +298,7 @@ POLICY_NAMES: frozenset[str] = frozenset(POLICIES)
 
 def make_policy(name: str, *, clock: Clock, rng: random.Random, **params: float) -> Policy:
     """A new policy by its config name; ``params`` go to its constructor (peak_ewma takes
-    ``decay_s``, ``default_rtt_s``, ``penalty_s``, ``slots``). Unknown names raise ValueError."""
+    ``relax_s``, ``default_rtt_s``, ``penalty_s``). Unknown names raise ValueError."""
     try:
         factory = POLICIES[name]
     except KeyError:

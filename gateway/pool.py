@@ -3,18 +3,22 @@
 This is where the data plane and the control plane meet. Requests ``acquire`` a replica
 (waiting in a bounded FIFO queue when every eligible replica is at its slot cap) and
 ``release`` it with the outcome; discovery swaps in whole replica snapshots; the prober
-and the proxy's outcomes feed each replica's health. The pool also keeps what hedging
-needs: the delay learnt from its response heads, and the budget for backup attempts,
-which take a free slot or none (``try_hedge``).
+and the proxy's outcomes feed each replica's health and its concurrency limit. The pool also
+keeps what hedging needs: the pool's recent response heads (each replica keeps its own),
+and the budget for backup attempts, which take a free slot or none (``try_hedge``).
 
 Invariants:
-* a replica's ``inflight`` never exceeds ``max_inflight`` (the cap is hard: above it,
-  requests wait here, not inside the replica);
+* a replica's ``inflight`` never exceeds its ``cap``: its learnt concurrency limit
+  (``limits.py``) under the configured ``max_inflight_per_replica``, or that number
+  itself with ``concurrency_limit: fixed``. The cap is hard: above it, requests wait
+  here, not inside the replica;
 * a freed slot goes straight to the oldest waiter that may use it (FIFO, no herd);
 * the policy only ever sees eligible replicas: routable, not draining, below the cap;
   when no replica is routable at all the pool fails open and treats every non-draining
   replica as routable, since refusing everything is worse than trying a suspect replica;
-* passive ejection never takes more than ``max_ejected_percent`` of the replicas out.
+* passive ejection never takes more than ``max_ejected_percent`` of the replicas out, and
+  ejections that hedging caused (a replica that hung under its backups) never more than
+  ``HEDGE_EJECTED_PERCENT``: hedging may find a hung replica, never empty a pool.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from dataclasses import dataclass, field
 
 from gateway import config
 from gateway.health import HealthRules
-from gateway.hedging import HedgeDelay
+from gateway.hedging import Window, hedge_delay
+from gateway.limits import ConcurrencyLimit
 from gateway.policies import Policy
 from gateway.recorder import NULL_RECORDER, Recorder
 from gateway.replica import Replica
@@ -37,6 +42,7 @@ from gateway.retry import RetryBudget
 log = logging.getLogger(__name__)
 
 HEDGE_RESERVE_PER_S = 1.0  # hedges allowed on top of the ratio, so a quiet pool can hedge too
+HEDGE_EJECTED_PERCENT = 25.0  # most replicas out at once for hanging under hedges (>= 1)
 
 
 class NoCapacity(Exception):
@@ -77,7 +83,8 @@ class Pool:
         self._idle: dict[str, asyncio.Future[None]] = {}  # draining replica id -> drained
         self.retry_budget = RetryBudget(clock)
         self.hedge_budget = RetryBudget(clock, min_per_s=HEDGE_RESERVE_PER_S)
-        self._hedge_delay = HedgeDelay()  # its settings come with apply()
+        self._heads = Window()  # the pool's recent response heads: its hedge delay
+        self._limits: dict[str, ConcurrencyLimit] = {}  # replica id -> learnt limit
         self._waiters: deque[_Waiter] = deque()
         self.apply(settings)
 
@@ -89,6 +96,10 @@ class Pool:
         """Take new limits; replicas, in-flight requests and the queue are kept."""
         self.settings = settings
         self.max_inflight = settings.max_inflight_per_replica
+        self.adaptive = settings.concurrency_limit == "auto"
+        for replica in self.replicas.values():
+            self._limits[replica.id].set_ceiling(self.max_inflight)
+            self._set_cap(replica)
         self.rules = HealthRules(
             rise=settings.health.healthy_threshold,
             fall=settings.health.unhealthy_threshold,
@@ -98,10 +109,7 @@ class Pool:
         )
         self.retry_budget.percent = settings.retries.budget_percent
         self.retry_budget.min_per_s = settings.retries.min_retries_per_s
-        hedging = settings.hedging
-        self.hedge_budget.percent = hedging.max_extra_percent
-        self._hedge_delay.percentile = 100.0 - hedging.max_extra_percent
-        self._hedge_delay.min_delay_s = hedging.min_delay_s
+        self.hedge_budget.percent = settings.hedging.max_extra_percent
         self._dispatch()
 
     # -- membership -------------------------------------------------------------------
@@ -115,8 +123,12 @@ class Pool:
             gone = self.replicas.pop(rid)
             gone.draining = True  # its in-flight requests finish; nothing new reaches it
             self.policy.forget(rid)
+            del self._limits[rid]
         for rid, replica in wanted.items():
-            self.replicas.setdefault(rid, replica)
+            if rid not in self.replicas:
+                self.replicas[rid] = replica
+                self._limits[rid] = ConcurrencyLimit(self.max_inflight)
+                self._set_cap(replica)
         self._dispatch()
 
     # -- load figures (read by metrics and, later, the autoscaler) ----------------------
@@ -141,10 +153,16 @@ class Pool:
         self.retry_budget.record_request()
         self.hedge_budget.record_request()
 
-    def hedge_after(self) -> float | None:
-        """How long an attempt may wait for its response head before it gets a backup;
+    def hedge_after(self, replica: Replica | None = None) -> float | None:
+        """How long an attempt on ``replica`` may wait for its response head before it
+        gets a backup (``hedging.hedge_delay``; None for the pool's own figure alone);
         None: no hedging (off, or too few heads seen yet to know the pool's tail)."""
-        return self._hedge_delay.value if self.settings.hedging.enabled else None
+        hedging = self.settings.hedging
+        if not hedging.enabled:
+            return None
+        own = None if replica is None else replica.health.heads
+        return hedge_delay(self._heads, own, 100.0 - hedging.max_extra_percent,
+                           hedging.min_delay_s)  # fmt: skip
 
     def try_hedge(self, exclude: frozenset[str]) -> Replica | None:
         """A reserved slot for a backup attempt, if a replica outside ``exclude`` has one
@@ -165,7 +183,7 @@ class Pool:
 
     async def acquire(self, exclude: frozenset[str] = frozenset()) -> Replica:
         """A replica with a slot reserved for the caller, who must ``release`` it."""
-        replica = self._pick(exclude)
+        replica = self._pick(exclude, len(self._waiters))
         if replica is not None:
             self._start(replica)
             return replica
@@ -197,31 +215,47 @@ class Pool:
 
     def release(self, replica: Replica, latency_s: float, status: int | None) -> None:
         """Return a slot with the attempt's outcome (``status`` None: no response at all)."""
+        now = self.clock()
+        failed = status is None or status >= 500
+        if not failed:
+            self._heads.add(latency_s)
+            replica.health.record_head(latency_s, now)
+            limit = self._limits.get(replica.id)
+            if limit is not None:  # None: the replica left the pool
+                limit.record(latency_s, replica.inflight, now)
+                self._set_cap(replica)
         replica.inflight -= 1
         if replica.draining and not replica.inflight:
             self._drained(replica)
-        failed = status is None or status >= 500
-        if not failed:
-            self._hedge_delay.add(latency_s)
-            replica.health.record_head(latency_s)
         self.policy.on_end(replica, latency_s, not failed and status != 429)
-        now = self.clock()
-        may_eject = failed and self._may_eject(now)  # counted only when it can matter
-        if replica.health.record_request(not failed, now, self.rules, may_eject):
-            self.recorder.ejection(self.name, replica.id)
-            until = replica.health.ejected_until - now
-            log.info("pool %s: ejected replica %s for %.0f s", self.name, replica.id, until)
+        self._record(replica, not failed, now, self._may_eject(now) if failed else False)
         self._dispatch()
 
     def outrun(self, replica: Replica, waited_s: float) -> None:
         """Return the slot of an attempt whose hedge's backup answered first, after it had
-        waited ``waited_s``: a failure if the replica hung (``health``), else only a sign
-        that it takes at least that long, which the policy learns from."""
-        if replica.health.hung(waited_s):
-            self.release(replica, waited_s, None)
-        else:
-            self.policy.on_end(replica, waited_s, True)
-            self.abandon(replica)
+        waited ``waited_s``. The replica took at least that long, which the policy learns
+        as it would the answer (a censored one: the real answer would have come later);
+        it is a failure of the replica only if the replica hung (``health.hung``), and
+        ejections for it stay under ``HEDGE_EJECTED_PERCENT``."""
+        now = self.clock()
+        hung = replica.health.hung(waited_s, now)
+        replica.inflight -= 1
+        if replica.draining and not replica.inflight:
+            self._drained(replica)
+        self.policy.on_end(replica, waited_s, not hung)
+        if hung:
+            may_eject = self._may_eject(now) and self._may_eject_for_hedging(now)
+            self._record(replica, False, now, may_eject, by_hedging=True)
+        self._dispatch()
+
+    def _record(
+        self, replica: Replica, ok: bool, now: float, may_eject: bool, by_hedging: bool = False
+    ) -> None:
+        """Feed one outcome to the replica's passive health; log an ejection."""
+        if replica.health.record_request(ok, now, self.rules, may_eject, by_hedging):
+            self.recorder.ejection(self.name, replica.id)
+            until = replica.health.ejected_until - now
+            log.info("pool %s: ejected replica %s for %.0f s", self.name, replica.id, until)
 
     def abandon(self, replica: Replica) -> None:
         """Return a slot whose attempt produced no outcome worth learning from."""
@@ -233,8 +267,10 @@ class Pool:
     def record_probe(self, replica: Replica, ok: bool) -> None:
         if replica.health.record_probe(ok, self.rules):
             self.recorder.health_changed(self.name, replica.id, replica.health.up)
-            if replica.health.up:  # back from down: what the policy learnt is stale
+            if replica.health.up:  # back from down: what was learnt of it is stale
                 self.policy.forget(replica.id)
+                self._limits[replica.id] = ConcurrencyLimit(self.max_inflight)
+                self._set_cap(replica)
             state = "up" if replica.health.up else "down"
             log.info("pool %s: replica %s is %s", self.name, replica.id, state)
             self._dispatch()
@@ -256,16 +292,26 @@ class Pool:
         if future is not None and not future.done():
             future.set_result(None)
 
-    def _pick(self, exclude: frozenset[str]) -> Replica | None:
+    def _set_cap(self, replica: Replica) -> None:
+        limit = self._limits[replica.id]
+        replica.cap = limit.value if self.adaptive else self.max_inflight
+
+    def _pick(self, exclude: frozenset[str], ahead: int = 0) -> Replica | None:
+        """The policy's choice among the routable replicas outside ``exclude`` that have
+        a free slot, told which are full and how many requests wait ``ahead``."""
         now = self.clock()
         live = [r for r in self.replicas.values() if not r.draining]
         routable = [r for r in live if r.health.routable(now)] or live  # fail open
-        cap = self.max_inflight
-        candidates = [r for r in routable if r.inflight < cap and r.id not in exclude]
-        return self.policy.pick(candidates) if candidates else None
+        candidates: list[Replica] = []
+        full: list[Replica] = []
+        for r in routable:
+            if r.id not in exclude:
+                (candidates if r.inflight < r.cap else full).append(r)
+        return self.policy.pick(candidates, full, ahead) if candidates else None
 
     def _start(self, replica: Replica) -> None:
         replica.inflight += 1
+        replica.health.unanswered += 1
         self.policy.on_start(replica)
 
     def _may_eject(self, now: float) -> bool:
@@ -273,12 +319,18 @@ class Pool:
         limit = math.floor(len(self.replicas) * self.settings.outlier.max_ejected_percent / 100)
         return ejected + 1 <= limit
 
+    def _may_eject_for_hedging(self, now: float) -> bool:
+        health = [r.health for r in self.replicas.values()]
+        ejected = sum(1 for h in health if h.ejected(now) and h.ejected_by_hedging)
+        limit = max(1, math.floor(len(health) * HEDGE_EJECTED_PERCENT / 100))
+        return len(health) > 1 and ejected + 1 <= limit
+
     def _dispatch(self) -> None:
         """Hand free slots to waiters, oldest first; a waiter that excludes every free
         replica (a retry) does not block the ones behind it."""
         while self._waiters:
             for waiter in self._waiters:
-                replica = self._pick(waiter.exclude)
+                replica = self._pick(waiter.exclude)  # the oldest first: none ahead
                 if replica is not None:
                     break
                 if not waiter.exclude:
@@ -310,5 +362,5 @@ class Pool:
         of slots queued."""
         if self.is_cold:
             return max(1, math.ceil(self.expected_start_s))
-        slots = max(1, len(self.replicas) * self.max_inflight)
+        slots = max(1, sum(r.cap for r in self.replicas.values()))
         return max(1, math.ceil(len(self._waiters) / slots))

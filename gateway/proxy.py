@@ -258,7 +258,7 @@ class Proxy:
             call.tried |= {replica.id}
             if call.deadline is None:
                 call.deadline = self.clock() + pool.settings.timeouts.request_s
-            hedge = self._hedge(call) if call.attempts < attempts else None
+            hedge = self._hedge(call, replica) if call.attempts < attempts else None
             try:
                 answer = await self._attempt(call, replica, hedge)
             except _Failed as exc:
@@ -278,11 +278,11 @@ class Proxy:
             return await self._relay(call, answer)
         self._error(call, failure.status, f"upstream failed: {failure.reason}")
 
-    def _hedge(self, call: _Call) -> _Hedge | None:
-        """The backup plan for the attempt about to be sent; None when the pool does not
-        hedge (off, or its tail not known yet)."""
+    def _hedge(self, call: _Call, replica: Replica) -> _Hedge | None:
+        """The backup plan for the attempt about to be sent to ``replica``; None when the
+        pool does not hedge (off, or its tail not known yet)."""
         pool = call.pool
-        delay_s = pool.hedge_after()
+        delay_s = pool.hedge_after(replica)
         if delay_s is None:
             return None
 

@@ -1,8 +1,9 @@
 """The replica: one upstream model-server instance as the data plane sees it.
 
 A replica is plain state. The pool owns the set of replicas and is the only writer of
-``inflight`` and ``draining``; health tracking lives in ``health.ReplicaHealth`` and routing
-state lives inside each policy, keyed by replica id, so a replica carries no behaviour.
+``inflight``, ``draining`` and ``cap`` (its concurrency limit, learnt or configured);
+health tracking lives in ``health.ReplicaHealth`` and routing state lives inside each
+policy, keyed by replica id, so a replica carries no behaviour.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ class Replica:
     id: str
     url: str  # base URL without a trailing slash, e.g. "http://127.0.0.1:9001"
     inflight: int = 0
+    cap: int = 1  # most requests in flight on it; set by the pool
     draining: bool = False
     health: ReplicaHealth = field(default_factory=ReplicaHealth)
     host: str = field(init=False)  # from url, parsed once: the proxy connects to these

@@ -104,18 +104,29 @@ def test_coming_back_up_lifts_an_ejection_but_passing_checks_alone_does_not() ->
 
 
 @pytest.mark.parametrize(
-    ("heads", "waited", "hung"),
+    ("heads", "last_head_at", "waited", "unanswered", "hung"),
     [
-        ((), 0.01, True),  # nothing known yet: an outrun attempt counts
-        ((0.01,) * 5, 0.03, True),  # three times its usual: it hung
-        ((0.03,) * 5, 0.03, False),  # a slow replica at its usual pace: not a failure
-        ((0.01,) * 5 + (0.05,) * 10, 0.03, False),  # the usual follows recent heads
+        # silent since the attempt was sent, another unanswered, past its own tail: hung
+        ((0.01,) * 32, 0.0, 0.05, 3, True),
+        # nothing known of it yet, silent, not alone: hung
+        ((), float("-inf"), 0.05, 2, True),
+        # it answered someone while the attempt waited: working, just a long answer
+        ((0.01,) * 32, 0.98, 0.05, 3, False),
+        # the only attempt since its last answer: a long answer and a hang look the same
+        ((0.01,) * 32, 0.0, 0.05, 1, False),
+        # a heavy-tailed replica inside its own tail: a race lost by chance
+        ((0.01,) * 31 + (0.2,), 0.0, 0.05, 3, False),
+        # a slower replica (a smaller GPU) at its usual pace
+        ((0.06,) * 32, 0.0, 0.05, 3, False),
     ],
 )
-def test_an_outrun_attempt_is_a_failure_only_far_past_the_usual(
-    heads: tuple[float, ...], waited: float, hung: bool
+def test_an_outrun_attempt_is_a_failure_only_if_the_replica_hung(
+    heads: tuple[float, ...], last_head_at: float, waited: float, unanswered: int, hung: bool
 ) -> None:
+    now = 1.0
     h = ReplicaHealth()
     for latency in heads:
-        h.record_head(latency)
-    assert h.hung(waited) == hung
+        h.record_head(latency, last_head_at)
+    assert h.last_head_at == last_head_at
+    h.unanswered = unanswered
+    assert h.hung(waited, now) == hung

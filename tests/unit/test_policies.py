@@ -11,8 +11,8 @@ from collections import Counter
 import pytest
 
 from gateway.policies import (
+    ALPHA,
     POLICY_NAMES,
-    TYPICAL_SAMPLES,
     LeastConnections,
     PeakEwma,
     Policy,
@@ -51,28 +51,38 @@ def simulate(
     rate: float,
     n: int = 2000,
     seed: int = 7,
+    sigma: float | None = None,
+    cap: int = 1,
 ) -> Counter[str]:
     """Route ``n`` Poisson arrivals at ``rate``/s; count the picks per replica. Each request
-    takes its replica's latency (+-20 % jitter); replicas in ``failing`` answer not-ok."""
+    takes its replica's latency (+-20 % jitter, or lognormal with ``sigma`` and that mean);
+    replicas in ``failing`` answer not-ok; every replica's limit is ``cap``."""
     policy, clock = new(name, seed)
     pool = replicas(*latency)
+    for r in pool:
+        r.cap = cap
     rng = random.Random(seed)
-    done: list[tuple[float, int, Replica]] = []
+    done: list[tuple[float, int, Replica, float]] = []
     picks: Counter[str] = Counter()
     t = 0.0
     for i in range(n):
         t += rng.expovariate(rate)
         while done and done[0][0] <= t:
-            clock.now, _, r = heapq.heappop(done)
+            clock.now, _, r, took_s = heapq.heappop(done)
             r.inflight -= 1
-            policy.on_end(r, latency[r.id], r.id not in failing)
+            policy.on_end(r, took_s, r.id not in failing)
         clock.now = t
         chosen = policy.pick(pool)
         assert chosen is not None
         chosen.inflight += 1
         policy.on_start(chosen)
         picks[chosen.id] += 1
-        heapq.heappush(done, (t + latency[chosen.id] * rng.uniform(0.8, 1.2), i, chosen))
+        mean = latency[chosen.id]
+        if sigma is None:
+            took_s = mean * rng.uniform(0.8, 1.2)
+        else:
+            took_s = rng.lognormvariate(math.log(mean) - sigma * sigma / 2, sigma)
+        heapq.heappush(done, (t + took_s, i, chosen, took_s))
     return picks
 
 
@@ -104,7 +114,7 @@ def test_unknown_policy_and_bad_parameters_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown policy 'fastest'"):
         make_policy("fastest", clock=Clock(), rng=random.Random(0))
     with pytest.raises(ValueError, match="must be > 0"):
-        new("peak_ewma", decay_s=0)
+        new("peak_ewma", relax_s=0)
     assert {"round_robin", "least_connections", "p2c", "peak_ewma"} == POLICY_NAMES
 
 
@@ -185,8 +195,14 @@ def test_peak_ewma_shuns_a_replica_that_fails_instantly(rate: float) -> None:
 # -- peak_ewma details -------------------------------------------------------------------
 
 
+def peak(**params: float) -> tuple[PeakEwma, Clock]:
+    policy, clock = new("peak_ewma", **params)
+    assert isinstance(policy, PeakEwma)
+    return policy, clock
+
+
 def test_new_replica_among_warm_ones_is_not_flooded() -> None:
-    policy, clock = new("peak_ewma")
+    policy, clock = peak()
     warm = replicas("a", "b", "c")
     for t in range(10):
         clock.now = float(t)
@@ -206,61 +222,121 @@ def test_new_replica_among_warm_ones_is_not_flooded() -> None:
 
 
 @pytest.mark.parametrize(
-    ("elapsed", "sample", "expected"),
+    ("samples", "expected"),
     [
-        (0.0, 0.01, 0.1),  # no time passed: a lower sample has no weight yet
-        (10.0, 0.01, 0.1 * math.exp(-1) + 0.01 * (1 - math.exp(-1))),
-        (100.0, 0.01, 0.01 + 0.09 * math.exp(-10)),
-        (1.0, 0.5, 0.5),  # peak: a higher sample is taken at once
+        ((0.1,), 0.1),  # the first answer replaces the default outright
+        ((0.1, 0.1), 0.1),
+        ((0.1, 0.2), 0.1 * 2**ALPHA),  # each answer moves the log-mean by ALPHA
+        ((0.1, 0.05), 0.1 * 0.5**ALPHA),
+        ((0.1,) * 20 + (10.0,), 0.1 * 100**ALPHA),  # one answer 100x slower: 1.33x, no peak
     ],
 )
-def test_ewma_moves_toward_new_samples_with_time(
-    elapsed: float, sample: float, expected: float
+def test_each_answer_moves_the_estimate_by_a_share(
+    samples: tuple[float, ...], expected: float
 ) -> None:
-    policy, clock = new("peak_ewma")
-    assert isinstance(policy, PeakEwma)
+    policy, _ = peak()
     (r,) = replicas("a")
     assert policy.estimate(r) == pytest.approx(0.03)  # default_rtt_s before any sample
-    policy.on_end(r, 0.1, True)
-    clock.now = elapsed
-    policy.on_end(r, sample, True)
+    for latency in samples:
+        policy.on_end(r, latency, True)
     assert policy.estimate(r) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize(("slots", "busy_fast", "expected"), [
+@pytest.mark.parametrize(("cap", "busy_fast", "expected"), [
     (1, 1, "fast"),  # one slot: 10 ms x 2 still beats 50 ms
     (1, 5, "slow"),  # 10 ms x 6: the serial (in-flight + 1) factor
     (4, 3, "fast"),  # 4 slots, 3 busy: 10 ms x 1.75, the fast one answers in its usual time
+    (64, 30, "fast"),  # a high limit: load counts for little against a 5x gap
 ])  # fmt: skip
-def test_peak_ewma_counts_busy_slots_as_a_share_of_the_cap(
-    slots: int, busy_fast: int, expected: str
+def test_busy_slots_count_as_a_share_of_the_replicas_limit(
+    cap: int, busy_fast: int, expected: str
 ) -> None:
-    policy, _ = new("peak_ewma", slots=slots)
+    policy, _ = peak()
     fast, slow = replicas("fast", "slow")
+    fast.cap = slow.cap = cap
     policy.on_end(fast, 0.01, True)
     policy.on_end(slow, 0.05, True)
     fast.inflight = busy_fast
     assert policy.pick([fast, slow]) is (fast if expected == "fast" else slow)
 
 
+@pytest.mark.parametrize(
+    ("sigma", "latencies", "tie"),
+    [
+        # estimates within the noise of a heavy tail tie: load decides
+        (1.0, (0.020, 0.026), True),
+        (0.5, (0.020, 0.024), True),
+        # a 5x gap is not noise, even with a heavy tail
+        (1.0, (0.020, 0.100), False),
+        # a tight distribution: a 30 % gap is real
+        (0.01, (0.020, 0.026), False),
+    ],
+)
+def test_estimates_closer_than_their_noise_tie(
+    sigma: float, latencies: tuple[float, float], tie: bool
+) -> None:
+    """The herding rule. Each replica has seen 64 answers whose log latency spreads by
+    ``sigma`` around its own level; the busier replica (one more in flight) is picked
+    only if the other's estimate is clearly worse."""
+    policy, _ = peak()
+    a, b = replicas("a", "b")
+    a.cap = b.cap = 8
+    rng = random.Random(5)
+    for _ in range(64):
+        for r, level in ((a, latencies[0]), (b, latencies[1])):
+            z = max(-2.0, min(2.0, rng.gauss(0, 1)))
+            policy.on_end(r, level * math.exp(sigma * z), True)
+    est_a, est_b = policy.estimate(a), policy.estimate(b)
+    slower, faster = (a, b) if est_a > est_b else (b, a)
+    faster.inflight = 1  # the faster estimate but one more request on it
+    assert policy.pick([a, b]) is (slower if tie else faster)
+
+
+def test_like_replicas_with_a_heavy_tail_share_the_load_evenly() -> None:
+    """Three equal replicas, lognormal answers (sigma 1): no replica is starved because
+    its recent answers drew long (the herding the issue measured: 39 / 40 / 16 %)."""
+    latency = {"a": 0.02, "b": 0.02, "c": 0.02}
+    picks = simulate("peak_ewma", latency, rate=100.0, n=6000, sigma=1.0, cap=4)
+    shares = [picks[i] / picks.total() for i in "abc"]
+    assert all(0.28 <= s <= 0.39 for s in shares), picks
+
+
+def test_a_slower_replica_stays_avoided_with_a_heavy_tail() -> None:
+    latency = {"a": 0.02, "b": 0.02, "slow": 0.1}
+    picks = simulate("peak_ewma", latency, rate=100.0, n=6000, sigma=0.5, cap=4)
+    assert picks["slow"] / picks.total() < 0.05, picks
+
+
+@pytest.mark.parametrize(
+    ("slow_free", "ahead", "expected"),
+    [
+        (5.0, 0, None),  # a 5x slower replica with room: better wait for a fast one
+        (1.2, 0, "slow"),  # barely slower: take the free slot
+        (5.0, 40, "slow"),  # a long queue ahead makes the slow one worth it
+    ],
+)
+def test_waiting_for_a_full_replica_can_beat_a_slow_free_one(
+    slow_free: float, ahead: int, expected: str | None
+) -> None:
+    policy, _ = peak()
+    fast, slow = replicas("fast", "slow")
+    fast.cap = slow.cap = fast.inflight = 4
+    slow.inflight = 0
+    policy.on_end(fast, 0.01, True)
+    policy.on_end(slow, 0.01 * slow_free, True)
+    chosen = policy.pick([slow], full=[fast], ahead=ahead)
+    assert (chosen.id if chosen else None) == expected
+
+
 def test_an_unmeasured_replica_costs_the_pools_typical_latency() -> None:
-    policy, _ = new("peak_ewma", slots=4)
-    a, b, c, fresh = replicas("a", "b", "c", "fresh")
-    for r, latency in ((a, 0.01), (b, 0.011), (c, 0.05)):
+    policy, _ = peak()
+    a, b, fresh = replicas("a", "b", "fresh")
+    a.cap = b.cap = fresh.cap = 4
+    for r, latency in ((a, 0.05), (b, 0.05)):
         policy.on_end(r, latency, True)
-    a.inflight = b.inflight = c.inflight = 1
-    assert policy.pick([a, b, c, fresh]) is fresh  # 11 ms x 1 beats 10 ms x 1.25
-    fresh.inflight = 1
-    assert policy.pick([a, b, c, fresh]) is a  # 10 ms x 1.25 beats 11 ms x 1.25
-
-
-@pytest.mark.parametrize("first", [0.001, 0.01, 0.3])
-def test_the_first_sample_replaces_the_default_outright(first: float) -> None:
-    policy, _ = new("peak_ewma")
-    assert isinstance(policy, PeakEwma)
-    (r,) = replicas("a")
-    policy.on_end(r, first, True)
-    assert policy.estimate(r) == pytest.approx(first)  # a measurement, not a blend with 30 ms
+    assert policy.estimate(fresh) == pytest.approx(0.05)
+    a.inflight = b.inflight = 1
+    assert policy.pick([a, b, fresh]) is fresh  # idle at the typical latency
 
 
 @pytest.mark.parametrize(
@@ -275,8 +351,7 @@ def test_the_first_sample_replaces_the_default_outright(first: float) -> None:
 def test_failures_count_as_a_penalty_latency(
     history: tuple[float | str, ...], failure_latency: float, expected: float
 ) -> None:
-    policy, _ = new("peak_ewma")
-    assert isinstance(policy, PeakEwma)
+    policy, _ = peak()
     (r,) = replicas("a")
     for h in history:
         if h == "fail":
@@ -288,40 +363,56 @@ def test_failures_count_as_a_penalty_latency(
     assert policy.estimate(r) == pytest.approx(expected)
 
 
-def test_an_idle_penalised_replica_becomes_attractive_again() -> None:
-    policy, clock = new("peak_ewma")
-    assert isinstance(policy, PeakEwma)
+@pytest.mark.parametrize(
+    ("idle_s", "picked"),
+    [(0.5, "good"), (10.0, "bad")],  # relax_s 2: shunned, then tried again within seconds
+)
+def test_an_idle_penalised_replica_is_tried_again_within_seconds(
+    idle_s: float, picked: str
+) -> None:
+    policy, clock = peak()
     bad, good = replicas("bad", "good", inflight=(0, 1))
-    policy.on_end(bad, 0.001, False)
+    bad.cap = good.cap = 4
     policy.on_end(good, 0.05, True)
-    assert policy.pick([bad, good]) is good  # 1.0 x 1 against 0.05 x 2
-    clock.now = 60.0  # no traffic to bad meanwhile: it relaxes toward the typical 0.05
-    assert policy.estimate(bad) == pytest.approx(0.05 + 0.95 * math.exp(-6))
-    policy.on_end(good, 0.05, True)  # good stays measured at 0.05
-    assert policy.pick([bad, good]) is bad  # so bad gets probed again
+    policy.on_end(bad, 0.001, False)
+    clock.now = idle_s  # no answer from bad meanwhile: it relaxes toward the typical 0.05
+    policy.on_end(good, 0.05, True)
+    assert policy.pick([bad, good]).id == picked  # type: ignore[union-attr]
 
 
-def test_a_shunned_replica_is_probed_again_when_the_others_beat_the_default() -> None:
-    """The relaxation target is the pool's typical latency, not ``default_rtt_s``: with
-    every replica faster than that default, one that was slow once would never again
-    look cheaper than the others."""
-    policy, clock = new("peak_ewma", slots=4)
-    slow_once, a, b = replicas("slow_once", "a", "b", inflight=(0, 2, 2))
-    policy.on_end(slow_once, 0.05, True)
-    for _ in range(TYPICAL_SAMPLES):
-        policy.on_end(a, 0.01, True)
-        policy.on_end(b, 0.01, True)
-    assert policy.pick([slow_once, a, b]) is not slow_once
-    for t in range(1, 61):  # a minute of traffic to a and b only
-        clock.now = float(t)
-        policy.on_end(a, 0.01, True)
-        policy.on_end(b, 0.01, True)
-    assert policy.pick([slow_once, a, b]) is slow_once  # about 13 ms against 10 ms x 1.5
+def test_a_recovered_replica_gets_its_share_back_within_seconds() -> None:
+    """``degrade``'s last phase: a replica that was 5x slower answers at its old pace
+    again; within a few seconds it is picked as often as the others."""
+    latency = {"a": 0.02, "b": 0.02, "c": 0.02}
+    policy, clock = peak()
+    pool = replicas(*latency)
+    for r in pool:
+        r.cap = 4
+    for _ in range(64):
+        for r in pool:
+            policy.on_end(r, 0.1 if r.id == "a" else 0.02, True)
+    rng = random.Random(2)
+    done: list[tuple[float, int, Replica]] = []
+    picks: Counter[str] = Counter()
+    t = 0.0
+    for i in range(3000):  # 30 s at 100/s, every replica at its normal pace now
+        t += rng.expovariate(100.0)
+        while done and done[0][0] <= t:
+            clock.now, _, r = heapq.heappop(done)
+            r.inflight -= 1
+            policy.on_end(r, 0.02, True)
+        clock.now = t
+        chosen = policy.pick(pool)
+        assert chosen is not None
+        chosen.inflight += 1
+        if t > 8.0:
+            picks[chosen.id] += 1
+        heapq.heappush(done, (t + 0.02, i, chosen))
+    assert picks["a"] / picks.total() > 0.25, picks
 
 
 def test_forget_drops_state() -> None:
-    policy, _ = new("peak_ewma")
-    assert isinstance(policy, PeakEwma)
+    policy, _ = peak()
     (r,) = replicas("a")
     policy.on_end(r, 2.0, True)
     assert policy.estimate(r) == pytest.approx(2.0)

@@ -16,7 +16,9 @@ from gateway.replica import Replica
 class FirstPolicy:
     """Picks the first candidate: makes the pool's own choices visible."""
 
-    def pick(self, candidates: Sequence[Replica]) -> Replica | None:
+    def pick(
+        self, candidates: Sequence[Replica], full: Sequence[Replica] = (), ahead: int = 0
+    ) -> Replica | None:
         return candidates[0] if candidates else None
 
     def on_start(self, replica: Replica) -> None:
@@ -213,17 +215,36 @@ def test_hedges_stay_within_their_budget() -> None:
     assert hedges == 20  # the default max_extra_percent: 2 % of the requests
 
 
-def test_a_replica_outrun_at_its_usual_pace_is_not_ejected() -> None:
-    """A smaller GPU in a mixed pool loses hedge races without having failed."""
-    pool, (slow, _), clock = make_pool(2, outlier={"consecutive_failures": 3})
-    for _ in range(5):
-        pool._start(slow)
-        pool.release(slow, 0.03, 200)
-    for _ in range(10):
-        pool._start(slow)
-        pool.outrun(slow, 0.03)
-    assert slow.inflight == 0 and slow.health.routable(clock())
-    for _ in range(3):  # outrun after 10x its usual head: it hung
-        pool._start(slow)
-        pool.outrun(slow, 0.3)
-    assert slow.inflight == 0 and not slow.health.routable(clock())
+def test_an_outrun_replica_is_ejected_only_if_it_hung() -> None:
+    """A replica that keeps answering loses hedge races without having failed; one that
+    answers nobody while several requests wait on it has hung."""
+    pool, (r0, _), clock = make_pool(2, outlier={"consecutive_failures": 3})
+    for _ in range(32):
+        pool._start(r0)
+        clock.now += 0.01
+        pool.release(r0, 0.01, 200)
+    for _ in range(10):  # each outrun after its own tail, but r0 answered just before
+        pool._start(r0)
+        pool._start(r0)
+        pool.release(r0, 0.01, 200)
+        pool.outrun(r0, 0.05)
+    assert r0.inflight == 0 and r0.health.routable(clock())
+    for _ in range(3):  # silent for 0.3 s with another request on it: hung
+        pool._start(r0)
+        pool._start(r0)
+        clock.now += 0.31
+        pool.outrun(r0, 0.3)
+        pool.abandon(r0)
+    assert r0.inflight == 0 and not r0.health.routable(clock())
+    assert r0.health.ejected_by_hedging
+
+
+@pytest.mark.parametrize(("n", "most"), [(2, 1), (4, 1), (8, 2), (1, 0)])
+def test_hedging_ejects_at_most_a_quarter_of_the_replicas(n: int, most: int) -> None:
+    pool, replicas, clock = make_pool(n, outlier={"consecutive_failures": 1})
+    for r in replicas:
+        pool._start(r)
+        pool._start(r)
+        pool.outrun(r, 1.0)
+        pool.abandon(r)
+    assert sum(not r.health.routable(clock()) for r in replicas) == most
