@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import random
 import time
 from collections import deque
@@ -24,7 +25,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-DISTRIBUTIONS = ("const", "exp", "lognormal")
+DISTRIBUTIONS = ("const", "exp", "lognormal", "bimodal", "pareto")
+BIMODAL_SHORT = 1 / 1.9  # 90 % take this and 10 % ten times it: a mean of 1
+PARETO_ALPHA = 2.0  # a heavy tail: finite mean, infinite variance
+PARETO_SCALE = (PARETO_ALPHA - 1) / PARETO_ALPHA  # the smallest factor; a mean of 1
 
 
 @dataclass(slots=True)
@@ -32,7 +36,7 @@ class Settings:
     """What the replica does; every field is also a key of ``/control``."""
 
     service_ms: float = 20.0  # mean service time
-    distribution: str = "const"  # const | exp | lognormal
+    distribution: str = "const"  # one of DISTRIBUTIONS
     sigma: float = 0.5  # lognormal shape
     slots: int = 4  # requests served at once; the rest queue FIFO
     slowdown: float = 1.0  # multiplies every service time and token gap
@@ -160,6 +164,10 @@ class Sim:
             return self.rng.expovariate(1.0)
         if s.distribution == "lognormal":
             return self.rng.lognormvariate(-s.sigma * s.sigma / 2, s.sigma)
+        if s.distribution == "bimodal":  # a mix of short and long requests
+            return BIMODAL_SHORT * (10 if self.rng.random() < 0.1 else 1)
+        if s.distribution == "pareto":  # inverse transform of a uniform in (0, 1]
+            return PARETO_SCALE / math.pow(1.0 - self.rng.random(), 1 / PARETO_ALPHA)
         return 1.0
 
     async def predict(self, request: web.Request) -> web.StreamResponse:

@@ -5,6 +5,8 @@
                                                 # and the sections of load/RESULTS.md rewritten
     python -m load.bench failover --duration 5 --contestants gateway-peak_ewma,haproxy-leastconn
     python -m load.bench hetero --json          # the results as JSON on stdout
+    python -m load.bench matrix --publish       # the workload matrix (not part of all)
+    python -m load.bench matrix --cells const-s4-l30,pareto-s1-l90-slow --duration 5
 
 HAProxy and nginx are installed with apt-get when missing. Every contestant runs in turn
 on fresh sim replicas, everything on 127.0.0.1, and everything started is stopped at the
@@ -12,6 +14,8 @@ end of each run. Raw results go to ``load/out/bench/SCENARIO.json`` (git-ignored
 ``--from-json`` renders tables, plots and RESULTS.md again from them without running
 anything. For ``burst`` and ``from-zero`` (the gateway's autoscaler alone) ``--duration``
 is the length of a phase: the run takes 4.5 (burst) or 3.75 (from-zero) phases.
+``matrix`` runs the gateway's defaults and two peers on each of its cells (15 by default,
+each at its own rate: about 25-30 minutes at the default 20 s per contestant).
 """
 
 from __future__ import annotations
@@ -27,10 +31,10 @@ import orjson
 import uvloop
 
 from load import burst
-from load.bench import report
+from load.bench import matrix, report
 from load.bench.contestants import CONTESTANTS, Limits
 from load.bench.install import ensure
-from load.bench.plots import plot_scenario
+from load.bench.plots import plot_ratios, plot_scenario
 from load.bench.runner import Options, run_scenario
 from load.bench.scenarios import AUTOSCALE, NAMES, SCENARIOS
 
@@ -42,10 +46,12 @@ FIGURES = LOAD / "results"  # committed, referenced from RESULTS.md
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m load.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("scenarios", nargs="+", choices=[*NAMES, "all"], metavar="SCENARIO",
-                   help=f"one or more of {', '.join(NAMES)}, or all")  # fmt: skip
+    p.add_argument("scenarios", nargs="+", choices=[*NAMES, "all", matrix.NAME],
+                   metavar="SCENARIO", help=f"one or more of {', '.join(NAMES)}, or all "
+                   "(those); or matrix, the workload matrix (not in all)")  # fmt: skip
     p.add_argument("--duration", type=float, default=20.0, help="s of load per contestant")
     p.add_argument("--rate", type=float, help="arrivals per second (default: the scenario's)")
+    p.add_argument("--cells", help="matrix: comma-separated cells (default: the 15 defaults)")
     p.add_argument("--burstiness", type=float, default=1.0,
                    help="coefficient of variation of the gaps: 1 Poisson, >1 clumps")  # fmt: skip
     p.add_argument("--seed", type=int, default=1)
@@ -58,18 +64,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="render the last saved results instead of running")  # fmt: skip
     p.add_argument("--out", type=Path, default=LOAD / "out" / "bench", help="JSON and logs")
     args = p.parse_args(argv)
-    args.scenarios = NAMES if "all" in args.scenarios else list(dict.fromkeys(args.scenarios))
+    chosen = [name for s in args.scenarios for name in (NAMES if s == "all" else [s])]
+    args.scenarios = list(dict.fromkeys(chosen))
     names = {c.name for c in CONTESTANTS}
     args.only = args.contestants.split(",") if args.contestants else None
     if args.only and not set(args.only) <= names:
         p.error(f"unknown contestants; choose from {', '.join(sorted(names))}")
+    in_matrix = {c.name for c in matrix.MATRIX_CONTESTANTS}
+    if matrix.NAME in args.scenarios and args.only and not set(args.only) <= in_matrix:
+        p.error(f"the matrix's contestants are {', '.join(sorted(in_matrix))}")
+    if args.cells and matrix.NAME not in args.scenarios:
+        p.error("--cells is for matrix")
+    if args.rate and matrix.NAME in args.scenarios:
+        p.error("--rate is not for matrix: each cell has its own")
+    try:
+        args.cells = matrix.parse_cells(args.cells) if args.cells else list(matrix.DEFAULT_CELLS)
+    except ValueError as exc:
+        p.error(f"--cells: {exc}")
     if not 1 <= args.duration <= 300 or args.burstiness <= 0 or (args.rate or 1) <= 0:
         p.error("need 1 <= --duration <= 300, --burstiness > 0 and --rate > 0")
     return args
 
 
+def options(args: argparse.Namespace) -> Options:
+    return Options(duration=args.duration, rate=args.rate, burstiness=args.burstiness,
+                   seed=args.seed, timeout=args.timeout, progress=sys.stderr.isatty(),
+                   out=args.out)  # fmt: skip
+
+
 def run(name: str, args: argparse.Namespace, command: str) -> dict[str, Any]:
     """Run scenario ``name``; the result as saved in its JSON."""
+    if name == matrix.NAME:
+        return run_matrix(args, command)
     if name in AUTOSCALE:
         a = AUTOSCALE[name]
         plan = dataclasses.replace(a.plan(args.duration), seed=args.seed, timeout=args.timeout)
@@ -79,9 +105,7 @@ def run(name: str, args: argparse.Namespace, command: str) -> dict[str, Any]:
     s = SCENARIOS[name]
     contestants = [c for c in s.contestants() if not args.only or c.name in args.only]
     binaries = ensure(sorted({c.kind for c in contestants if c.peer}))
-    opts = Options(duration=args.duration, rate=args.rate, burstiness=args.burstiness,
-                   seed=args.seed, timeout=args.timeout, progress=sys.stderr.isatty(),
-                   out=args.out)  # fmt: skip
+    opts = options(args)
     runs = uvloop.run(run_scenario(s, contestants, opts, binaries))
     return {
         "scenario": name, "about": s.about, "command": command, "rate": args.rate or s.rate,
@@ -95,8 +119,27 @@ def run(name: str, args: argparse.Namespace, command: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def run_matrix(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """Run the matrix's cells (logs under ``out/matrix/CELL/``); the result as saved."""
+    contestants = [c for c in matrix.MATRIX_CONTESTANTS if not args.only or c.name in args.only]
+    binaries = ensure(sorted({c.kind for c in contestants if c.peer}))
+    opts = dataclasses.replace(options(args), out=args.out / matrix.NAME)
+    cells = uvloop.run(matrix.run(args.cells, contestants, opts, binaries))
+    return {
+        "scenario": matrix.NAME, "about": matrix.ABOUT, "command": command,
+        "options": {"duration": opts.duration, "burstiness": opts.burstiness, "seed": opts.seed,
+                    "timeout": opts.timeout},
+        "limits": dataclasses.asdict(matrix.LIMITS), "machine": report.machine(binaries),
+        "cells": cells,
+    }  # fmt: skip
+
+
 def render(result: dict[str, Any], figure: Path) -> str:
     """Draw the scenario's figure; its table (and verdict) as text."""
+    if "cells" in result:
+        plot_ratios(*matrix.heatmap(result), "p50 and p99 over the best peer's "
+                    "(HAProxy leastconn, nginx least_conn); under 1 is better", figure)  # fmt: skip
+        return matrix.table(result) + "\n\n" + matrix.summary(result)
     if "runs" in result:
         plot_scenario(result, figure)
         verdict = report.verdict(result)
@@ -110,7 +153,8 @@ def render(result: dict[str, Any], figure: Path) -> str:
 def publish(result: dict[str, Any], figure: Path) -> None:
     text = RESULTS_MD.read_text()
     link = figure.relative_to(RESULTS_MD.parent).as_posix()
-    text = report.replace_section(text, result["scenario"], report.section(result, link))
+    section = matrix.section if "cells" in result else report.section
+    text = report.replace_section(text, result["scenario"], section(result, link))
     if "runs" in result:
         text = report.replace_section(
             text, "setup", report.setup_section(Limits(), result["machine"])
@@ -120,7 +164,8 @@ def publish(result: dict[str, Any], figure: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    flags = [a for a in (sys.argv[1:] if argv is None else argv) if a not in [*NAMES, "all"]]
+    named = [*NAMES, "all", matrix.NAME]
+    flags = [a for a in (sys.argv[1:] if argv is None else argv) if a not in named]
     results, leftovers = [], 0
     for name in args.scenarios:
         saved = args.out / f"{name}.json"

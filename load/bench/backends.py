@@ -9,6 +9,7 @@ load generator counts each replica's share.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -28,8 +29,7 @@ class Backends:
         self.urls = [f"http://127.0.0.1:{port}" for port in self.ports]
 
     def _start(self, i: int) -> None:
-        r = self.replicas[i]
-        settings = {"service_ms": r.service_ms, "slots": r.slots, "fail_rate": r.fail_rate}
+        settings = dataclasses.asdict(self.replicas[i])  # every field is a sim flag
         self.procs.start(f"r{i}", sim_command([self.ports[i]], name=f"r{i}", seed=i, **settings))
 
     async def start(self) -> None:

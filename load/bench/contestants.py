@@ -2,10 +2,12 @@
 
 Each peer gets the gateway's settings, spelled in its own config language, from one
 ``Limits``: the same connect and response timeouts, two tries per request (the second on
-another replica, only for failures that did not reach the client), the same per-replica
-concurrency cap where the peer has one, health checks on the same schedule where the peer
-has them. What a peer cannot do (open source nginx has no active health checks and no
-queue in front of a full server) is left out and said so in the rendered config.
+another replica, only for failures that did not reach the client), health checks on the
+same schedule where the peer has them. What a peer cannot do (open source nginx has no
+active health checks and no queue in front of a full server) is left out and said so in
+the rendered config. The gateway sets nothing else: its per-replica limit (learned, below
+a ceiling) and its hedging are its defaults, as a user who tuned nothing would run it;
+HAProxy's per-server ``maxconn`` is ``Limits.max_inflight``.
 
 One process each on one core: the gateway is one event loop, so HAProxy runs one thread
 (``nbthread 1``) and nginx one worker (``worker_processes 1``). Every peer runs in the
@@ -31,7 +33,7 @@ SESSIONS = 5000  # requests a proxy may hold at once: one client, one upstream c
 class Limits:
     """The settings every proxy shares; times in seconds."""
 
-    max_inflight: int = 4  # per replica: gateway max_inflight_per_replica, HAProxy maxconn
+    max_inflight: int = 4  # HAProxy maxconn per server (the gateway learns its own limit)
     connect_s: float = 2.0
     response_s: float = 10.0  # the wait for a response head
     queue_s: float = 5.0  # the longest wait for a free replica (gateway and HAProxy queue)
@@ -78,14 +80,11 @@ def gateway_config(
     pool = {
         "policy": policy,
         "backends": backends,
-        "max_inflight_per_replica": lim.max_inflight,
+        # no max_inflight_per_replica and no hedging: the defaults (a learned per-replica
+        # limit below a ceiling; hedging on, which no peer has)
         "queue": {"max_size": lim.queue_size, "timeout_s": lim.queue_s},
         "timeouts": {"connect_s": lim.connect_s, "request_s": lim.response_s},
         "retries": {"attempts": lim.attempts},
-        # a backup try for a request slower than the pool's recent p98 (and twice its
-        # median), at most 2 % of them
-        # (no peer has one: they retry a hung try only after the response timeout)
-        "hedging": {"enabled": True, "max_extra_percent": 2.0},
         "health": {"interval_s": lim.health_interval_s, "timeout_s": lim.health_timeout_s,
                    "healthy_threshold": lim.rise, "unhealthy_threshold": lim.fall},
         "outlier": {"consecutive_failures": lim.error_limit, "base_ejection_s": lim.ejection_s},
@@ -139,7 +138,8 @@ backend replicas
     option httpchk GET /health
     # Active checks on the gateway's schedule; passive: error-limit failed answers in a
     # row (5xx but 501/505, timeouts, resets) take a server down until its checks bring
-    # it back. maxconn is the gateway's per-replica cap: the requests over it queue here.
+    # it back. maxconn caps each server (the gateway learns its own limit, below a
+    # ceiling): the requests over it queue here.
     default-server check inter {lim.health_interval_s:g}s rise {lim.rise} fall {lim.fall} \
 observe layer7 error-limit {lim.error_limit} on-error mark-down maxconn {lim.max_inflight}
 {servers}

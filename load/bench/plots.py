@@ -1,4 +1,5 @@
-"""One figure per scenario: per-second latency, errors and r0's share, a line per contestant.
+"""One figure per scenario: per-second latency, errors and r0's share, a line per contestant;
+and the matrix's heat map.
 
 Each contestant keeps its colour across panels; the line style tells the program (the
 gateway solid, HAProxy dashed, nginx dotted, direct dash-dot). The scenario's actions are
@@ -9,6 +10,7 @@ imported here only, when a figure is drawn (the ``load`` extra).
 
 from __future__ import annotations
 
+import math
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -80,3 +82,42 @@ def plot_scenario(result: dict[str, Any], path: Path) -> None:
 def _latency(series: list[dict[str, Any]], q: str) -> list[float]:
     """Percentile ``q`` per second; a gap where no request of that second succeeded."""
     return [row["latency_ms"][q] if row["ok"] else float("nan") for row in series]
+
+
+def plot_ratios(
+    rows: list[str],
+    columns: list[str],
+    values: list[list[float | None]],
+    title: str,
+    path: Path,
+) -> None:
+    """A heat map of ratios to a baseline, each written in its square: blue under 1, red
+    over, on a log scale (a ratio and its inverse are as far from 1) clipped to 1/4..4."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")  # grey: no ratio
+    data = [[math.nan if v is None else v for v in row] for row in values]
+    fig, ax = plt.subplots(figsize=(2.5 + 1.5 * len(columns), 1.2 + 0.4 * len(rows)))
+    image = ax.imshow(data, cmap=cmap, norm=LogNorm(vmin=0.25, vmax=4), aspect="auto")
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            dark = v is not None and v > 0 and abs(math.log(v)) > math.log(2.5)
+            ax.text(j, i, "-" if v is None else f"{v:.2f}", ha="center", va="center",
+                    fontsize="small", color="white" if dark else "black")  # fmt: skip
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.xaxis.tick_top()
+    bar = fig.colorbar(image, ax=ax, ticks=[0.25, 0.5, 1, 2, 4])
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    bar.ax.yaxis.set_minor_formatter(NullFormatter())
+    bar.set_label("ratio (log scale)")
+    ax.set_title(title, fontsize="medium")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -81,7 +81,8 @@ def describe_machine(m: dict[str, Any]) -> str:
     return "; ".join([hardware, f"Python {m['python']}", gateway, *m["peers"].values()])
 
 
-def _ms(v: float) -> str:
+def ms(v: float) -> str:
+    """A latency in ms, to a tenth under 100."""
     return f"{v:.1f}" if v < 100 else f"{v:.0f}"
 
 
@@ -128,7 +129,7 @@ def _columns(result: dict[str, Any]) -> list[Column]:
     ]
     cols += [(f"{q} ms", _latency(q)) for q in ("p50", "p90", "p99", "p99.9")]
     if len(phases) > 1:
-        cols.append((f"p99 ms: {by_phase}", phased(lambda p: _ms(p["latency_ms"]["p99"]))))
+        cols.append((f"p99 ms: {by_phase}", phased(lambda p: ms(p["latency_ms"]["p99"]))))
         cols.append((f"errors: {by_phase}", phased(lambda p: str(sum(p["errors"].values())))))
     if result["watch"]:
         label = f"r0 share: {by_phase}" if len(phases) > 1 else "r0 share"
@@ -148,7 +149,7 @@ def _columns(result: dict[str, Any]) -> list[Column]:
 
 
 def _latency(q: str) -> Callable[[Run], str]:
-    return lambda r: _ms(r["latency_ms"][q])
+    return lambda r: ms(r["latency_ms"][q])
 
 
 def _added(run: Run, direct: Run) -> str:
@@ -183,8 +184,8 @@ def verdict(result: dict[str, Any]) -> str | None:
         limit = best["latency_ms"]["p99"] / 2
         met = gw["latency_ms"]["p99"] <= limit
         return (f"p99 at most half the best peer's ({best['contestant']} "
-                f"{_ms(best['latency_ms']['p99'])} ms, so <= {_ms(limit)} ms): "
-                f"{_ms(gw['latency_ms']['p99'])} ms, **{'met' if met else 'missed'}**")  # fmt: skip
+                f"{ms(best['latency_ms']['p99'])} ms, so <= {ms(limit)} ms): "
+                f"{ms(gw['latency_ms']['p99'])} ms, **{'met' if met else 'missed'}**")  # fmt: skip
     if target == "errors":
         fewest = min(peers, key=lambda r: r["error_count"])
         met = gw["error_count"] < fewest["error_count"]
@@ -202,13 +203,19 @@ def verdict(result: dict[str, Any]) -> str | None:
 
 
 def describe_run(result: dict[str, Any]) -> str:
-    o = result["options"]
+    return f"{result['options']['duration']:g} s per contestant at {result['rate']:g} rps " + (
+        describe_settings(result)
+    )
+
+
+def describe_settings(result: dict[str, Any]) -> str:
+    """The arrivals and limits every contestant of a run met, and what the latencies are."""
+    o, lim = result["options"], result["limits"]
     arrivals = "Poisson" if o["burstiness"] == 1 else f"Gamma, burstiness {o['burstiness']:g}"
-    return (f"{o['duration']:g} s per contestant at {result['rate']:g} rps ({arrivals} "
-            f"arrivals, seed {o['seed']}, the same for every contestant); per-replica cap "
-            f"{result['limits']['max_inflight']}, response timeout "
-            f"{result['limits']['response_s']:g} s, client timeout {o['timeout']:g} s; "
-            f"latencies of 2xx answers, from the send, in ms.")  # fmt: skip
+    return (f"({arrivals} arrivals, seed {o['seed']}, the same for every contestant); HAProxy "
+            f"maxconn {lim['max_inflight']} per server (the gateway: its defaults), response "
+            f"timeout {lim['response_s']:g} s, client timeout {o['timeout']:g} s; latencies "
+            f"of 2xx answers, from the send, in ms.")  # fmt: skip
 
 
 def section(result: dict[str, Any], plot: str | None) -> str:

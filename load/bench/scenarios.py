@@ -8,7 +8,8 @@ share of the answers is the figure to watch.
 The sizes are for a 2-core machine shared by the load generator, the replicas and the
 contestant: rates stay well below what saturates the CPU, except that ``overload``
 saturates the replicas' slots (not the CPU). Sim replicas serve ``slots`` requests at once
-for a constant ``service_ms`` each; the rest wait inside them, first come first served.
+for ``service_ms`` each (constant here; ``matrix`` draws it from other distributions); the
+rest wait inside them, first come first served.
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ from load.burst import REPLICA, Plan, step_plan
 class Replica:
     """One sim replica's settings (``python -m backends.sim`` flags)."""
 
-    service_ms: float = 10.0
+    service_ms: float = 10.0  # the mean
     slots: int = 4
     fail_rate: float = 0.0  # share of requests answered at once with a 500
+    distribution: str = "const"  # of the service times (backends.sim.server.DISTRIBUTIONS)
+    sigma: float = 0.5  # lognormal shape
+    slowdown: float = 1.0  # multiplies every service time
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The benchmark suite end to end, tiny: one scenario, 2 s per contestant, on 127.0.0.1.
+"""The benchmark suite end to end, tiny: one scenario (or one matrix cell), 2 s per
+contestant, on 127.0.0.1.
 
 Real sim replicas, a real gateway and, where they are installed (the test does not install
 them), HAProxy and nginx. It checks that the run completes, answers, writes its JSON and
@@ -25,10 +26,13 @@ def children() -> list[str]:
             for c in (task / "children").read_text().split()]  # fmt: skip
 
 
+def installed_peers() -> list[str]:
+    return [name for name in ("haproxy-leastconn", "nginx-least_conn")
+            if binary(name.split("-")[0])]  # fmt: skip
+
+
 def test_a_tiny_overhead_run(tmp_path: Path) -> None:
-    contestants = ["direct", "gateway-peak_ewma"]
-    contestants += [name for name in ("haproxy-leastconn", "nginx-least_conn")
-                    if binary(name.split("-")[0])]  # fmt: skip
+    contestants = ["direct", "gateway-peak_ewma", *installed_peers()]
     argv = ["overhead", "--duration", "2", "--rate", "100", "--contestants",
             ",".join(contestants), "--out", str(tmp_path)]  # fmt: skip
     assert main(argv) == 0
@@ -39,4 +43,19 @@ def test_a_tiny_overhead_run(tmp_path: Path) -> None:
         assert sum(run["replicas"].values()) == run["ok"]  # every answer named its replica
         assert len(run["series"]) == 2
     assert (tmp_path / "bench-overhead.png").stat().st_size > 10_000
+    assert children() == []
+
+
+def test_a_tiny_matrix_cell(tmp_path: Path) -> None:
+    contestants = ["gateway-peak_ewma", "gateway-least_connections", *installed_peers()]
+    argv = ["matrix", "--cells", "const-s4-l30", "--duration", "2", "--contestants",
+            ",".join(contestants), "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    result = orjson.loads((tmp_path / "matrix.json").read_bytes())
+    [cell] = result["cells"]
+    assert (cell["cell"], cell["rate"]) == ("const-s4-l30", 240)
+    assert [r["contestant"] for r in cell["runs"]] == contestants
+    for run in cell["runs"]:
+        assert run["ok"] > 400 and run["error_count"] == 0, run["contestant"]
+    assert (tmp_path / "bench-matrix.png").stat().st_size > 5_000
     assert children() == []

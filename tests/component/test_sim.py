@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from backends.sim.server import Settings, Sim, make_app
+from backends.sim.server import DISTRIBUTIONS, Settings, Sim, make_app
 from tests.conftest import eventually, free_port
 
 MakeSim = Callable[..., Awaitable[tuple[str, Sim]]]
@@ -174,12 +174,32 @@ async def test_hang_holds_requests_until_it_is_cleared(
     assert status == 200
 
 
-@pytest.mark.parametrize("distribution", ["const", "exp", "lognormal"])
-def test_service_times_have_the_configured_mean(distribution: str) -> None:
+def samples(distribution: str, n: int = 20000) -> list[float]:
+    """``n`` seeded service times in ms, of a mean of 40 (20 ms, slowed down 2x)."""
     replica = Sim("s", Settings(service_ms=20, distribution=distribution, seed=7, slowdown=2))
-    samples = [replica.service_s() * 1000 for _ in range(20000)]
-    assert statistics.fmean(samples) == pytest.approx(40, rel=0.05)
-    assert (statistics.pstdev(samples) == 0) == (distribution == "const")
+    return [replica.service_s() * 1000 for _ in range(n)]
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_service_times_have_the_configured_mean(distribution: str) -> None:
+    drawn = samples(distribution)
+    assert statistics.fmean(drawn) == pytest.approx(40, rel=0.05)
+    assert (statistics.pstdev(drawn) == 0) == (distribution == "const")
+
+
+def test_bimodal_takes_one_of_two_times_ten_apart_one_in_ten_long() -> None:
+    drawn = samples("bimodal")
+    short = 40 / 1.9
+    assert sorted({round(d, 9) for d in drawn}) == pytest.approx([short, 10 * short])
+    assert sum(d > short for d in drawn) / len(drawn) == pytest.approx(0.1, abs=0.01)
+
+
+def test_pareto_starts_at_half_the_mean_with_a_tail_of_exponent_two() -> None:
+    drawn = samples("pareto")
+    assert min(drawn) >= 20
+    for x in (40, 100, 200):  # P(X > x) = (20 / x) ** 2
+        share = sum(d > x for d in drawn) / len(drawn)
+        assert share == pytest.approx((20 / x) ** 2, rel=0.15)
 
 
 async def test_cli_serves_independent_replicas_on_several_ports(

@@ -26,18 +26,26 @@ def lines(text: str) -> list[str]:
     return [ln.split("#")[0].strip() for ln in text.splitlines() if ln.split("#")[0].strip()]
 
 
-def test_the_gateway_config_is_valid_and_carries_the_limits(tmp_path: Path) -> None:
+def test_the_gateway_config_is_valid_and_carries_the_shared_limits(tmp_path: Path) -> None:
     config = parse_config(gateway_config("peak_ewma", BACKENDS, 18080, LIMITS, tmp_path))
     pool = config.pools["default"]
     assert config.listen.host == "127.0.0.1" and config.admin.host == "127.0.0.1"
     assert pool.backends == tuple(BACKENDS)
     assert pool.policy == "peak_ewma"
-    assert (pool.max_inflight_per_replica, pool.retries.attempts) == (6, 2)
+    assert pool.retries.attempts == 2
     assert (pool.timeouts.connect_s, pool.timeouts.request_s, pool.queue.timeout_s) == (2, 10, 5)
     h = pool.health
     assert (h.interval_s, h.timeout_s, h.healthy_threshold, h.unhealthy_threshold) == (2, 1, 2, 3)
     assert pool.outlier.consecutive_failures == 5
-    assert (pool.hedging.enabled, pool.hedging.max_extra_percent) == (True, 2.0)
+
+
+def test_the_gateway_runs_its_defaults_for_the_per_replica_limit_and_hedging(
+    tmp_path: Path,
+) -> None:
+    """Only the settings the peers share are set: nothing tuned to the replicas."""
+    config = gateway_config("least_connections", BACKENDS, 18080, LIMITS, tmp_path)
+    pool = config["pools"]["default"]
+    assert set(pool) == {"policy", "backends", "queue", "timeouts", "retries", "health", "outlier"}
 
 
 @pytest.mark.parametrize("balance", ["roundrobin", "leastconn"])
