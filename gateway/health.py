@@ -30,6 +30,7 @@ from gateway.hedging import OWN_PERCENTILE, Window
 
 OWN_WINDOW = 256  # a replica's recent heads its own tail is taken over
 OWN_REFRESH = 32
+HUNG_OVER_OWN = 3.0  # silent this many times its own p99 of heads, a busy replica hung
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,16 +84,18 @@ class ReplicaHealth:
         """Did the replica hang, given that an attempt on it was outrun after waiting
         ``waited_s``?
 
-        Only if it said nothing at all while the attempt waited, although another
-        attempt sent since its last answer is unanswered too (still on it, or given up
-        on), and the wait was past its own recent tail: a replica that is working
-        answers *something*, however heavy its tail, while one attempt alone tells a
-        long answer from a hang by nothing (the health checks and the policy's estimate
-        cover that case)."""
-        silent = self.last_head_at < now - waited_s
+        Only if it has answered nobody for ``HUNG_OVER_OWN`` x its own recent tail (and
+        at least since the attempt was sent), although another attempt sent since its
+        last answer is unanswered too (still on it, or given up on). A working replica
+        answers *something*: one request stuck behind a long one at a one-slot replica
+        is silent for that long answer only, which its own tail already covers, while a
+        hung replica's silence grows until it passes any multiple of it. One attempt
+        alone tells a long answer from a hang by nothing (the health checks and the
+        policy's estimate cover that case)."""
+        silent_s = now - self.last_head_at
         own_tail = self.heads.quantile(OWN_PERCENTILE)
-        unusual = own_tail is None or waited_s > own_tail
-        return silent and self.unanswered >= 2 and unusual
+        long_enough = waited_s if own_tail is None else max(waited_s, HUNG_OVER_OWN * own_tail)
+        return self.unanswered >= 2 and silent_s >= long_enough
 
     def record_request(
         self, ok: bool, now: float, rules: HealthRules, may_eject: bool, by_hedging: bool = False

@@ -13,10 +13,15 @@ The delay has two floors (``hedge_delay``):
   service time) the high percentiles sit just above the median, and backups sent there
   would mostly lose the race to an answer a millisecond away: pure extra load, which
   would also spend the budget that a hung replica's requests need.
-* The ``OWN_PERCENTILE`` of the replica's own recent heads. A replica that is slower than
-  its peers, or whose answers are heavy-tailed, often takes longer than the pool's tail
-  for answers that are normal *for it*; hedging those would race its healthy work.
-  A backup goes out only once the wait is unusual against both the pool and the replica.
+* ``OWN_OVER`` x the ``OWN_PERCENTILE`` of the replica's own recent heads. A replica that
+  is slower than its peers, or whose answers are heavy-tailed, often takes longer than
+  the pool's tail for answers that are normal *for it*; hedging those races its healthy
+  work, and under load that extra work is what tips a busy pool into queueing (the
+  matrix in ``load/RESULTS.md`` measured it: at 90 % load on one-slot replicas, backups
+  at the pool's p98 cost 15 % at p50). A backup goes out only once the wait is unusual
+  against both the pool and the replica: for a replica that hung or paused, which is
+  what hedging is for here (model servers rarely finish a long answer faster the second
+  time: its length is the request's, not the replica's).
 
 Pure logic: quantiles come from the last samples of a ``Window``, re-sorted every
 ``refresh`` samples rather than on every request.
@@ -29,7 +34,8 @@ import math
 WINDOW = 512  # recent head latencies of the pool the quantile is taken over
 REFRESH = 64  # new samples between two re-sorts; before the first, no hedging
 LATE_OVER_MEDIAN = 2.0  # a head this many times later than the median is late at any rate
-OWN_PERCENTILE = 99.0  # of a replica's own heads: a wait past it is unusual for that replica
+OWN_PERCENTILE = 99.0  # of a replica's own heads
+OWN_OVER = 2.0  # a wait this many times past that is unusual for the replica
 
 
 class Window:
@@ -77,4 +83,4 @@ def hedge_delay(
         return None
     delay = max(min_delay_s, tail, LATE_OVER_MEDIAN * median)
     own_tail = None if own is None else own.quantile(OWN_PERCENTILE)
-    return delay if own_tail is None else max(delay, own_tail)
+    return delay if own_tail is None else max(delay, OWN_OVER * own_tail)

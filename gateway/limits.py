@@ -8,24 +8,37 @@ moves with batch size, model and GPU.
 
 How (pure logic; time comes in as an argument):
 
-* Answers are grouped by the replica's in-flight count when each came back (itself
-  included), in levels that double: 1, 2-3, 4-7, 8-15, ... Each level keeps a running
-  mean and variance of log latency, so a heavy tail moves it little, and the mean
-  in-flight count of its answers.
+* Answers are grouped by the replica's in-flight count when each was sent (itself
+  included: the requests it queued behind, or was served beside), in levels that
+  double: 1, 2-3, 4-7, 8-15, ... Each level keeps a running mean and variance of log
+  latency, so a heavy tail moves it little, and the mean in-flight count of its answers.
 * The baseline is the lowest level with ``MIN_SAMPLES``. The first level above it whose
   latency is higher by more than ``CONGESTED`` x, and by more than ``Z`` standard errors
   of the difference, is congested. With ``c`` slots, ``k > c`` requests in flight take
   about ``k / c`` times as long as one alone, so the replica's concurrency is about that
-  level's mean in-flight count over its latency ratio: that is the limit, rounded and
-  kept between ``floor`` and ``ceiling``.
-* With no congested level the limit is the ceiling: it comes down only on evidence,
-  never because latency is noisy or nothing was measured yet.
-* Evidence ages: a level's weight decays with time (``AGE_S``). Once the limit holds the
+  level's mean in-flight count over its latency ratio. The limit is ``HEADROOM`` x that,
+  rounded up, never under the mean in-flight count of a level below found uncongested,
+  and between ``floor`` and ``ceiling``. The headroom is there because the two errors
+  cost differently: a limit a little over the knee queues a request or two inside the
+  replica, as least-connections would; one under it idles slots, and near saturation
+  that capacity is what keeps the queue finite. It also keeps the next request waiting
+  at a one-slot replica, so the slot does not idle for the round trip through the
+  gateway between two requests.
+* A new replica starts at ``INITIAL``, not at the ceiling: flooded with 64 requests, a
+  one-slot replica would answer only from a level far above its knee, with no lower
+  level to compare with. The limit doubles while it is reached, its own level is known
+  and no level up to there is congested: it climbs level by level, each one the base
+  of the next comparison. Held at its limit by a queue, a replica answers from one
+  level only; when the next level up is slower in proportion to its in-flight count,
+  the base itself may be past the knee, so the limit halves to look below. It comes
+  down only on evidence of congestion, never because latency is noisy, and stops at
+  the ceiling.
+* Evidence ages: a level is forgotten ``FORGET_S`` after its last answer. Once the limit holds the
   replica below a congested level, that level gets no new answers and is forgotten; the
-  limit then rises again, at most doubling every ``RAISE_S``, to probe. So a replica that
-  batches more, or was replaced behind the same address, gets its room back, and one that
-  batches less shows congestion at a lower level and is limited at once. A replica that
-  merely slows down moves every level alike and keeps its limit.
+  limit then rises again as above, at most once every ``RAISE_S``, to probe. So a
+  replica that batches more, or was replaced behind the same address, gets its room
+  back, and one that batches less shows congestion at a lower level and is limited at
+  once. A replica that merely slows down moves every level alike and keeps its limit.
 
 The anchors are Envoy's adaptive concurrency filter and Netflix's concurrency-limits
 (Vegas, Gradient2), which compare latency with a minimum RTT; a minimum is the wrong
@@ -39,38 +52,43 @@ import math
 from dataclasses import dataclass
 
 LEVELS = 10  # in-flight counts up to 2**LEVELS - 1 get their own level; more share the last
-MIN_SAMPLES = 8.0  # a level with fewer (decayed) answers says nothing
-MAX_WEIGHT = 32.0  # a level's weight is capped: new answers count at least 1/32, and a
-# level forgotten by AGE_S falls under MIN_SAMPLES in AGE_S x ln(32 / 8), about 28 s
+MIN_SAMPLES = 16.0  # a level with fewer answers says nothing
+MAX_WEIGHT = 64.0  # a level's running mean weighs each new answer at least 1/64
 CONGESTED = math.log(1.5)  # log latency ratio over the baseline that counts as congestion
 Z = 3.0  # and it must exceed this many standard errors of the difference
-AGE_S = 20.0  # time constant of the decay of a level's weight
-RAISE_S = 2.0  # the limit rises at most once (doubling) per this long
+FORGET_S = 30.0  # a level without an answer for this long is forgotten
+RAISE_S = 2.0  # after congestion, the limit rises at most once (doubling) per this long
+INITIAL = 8  # a new replica's limit (under the ceiling)
+HEADROOM = 1.5  # the limit is this x the concurrency found, rounded up
+PROPORTIONAL = 1.25  # a congested level's concurrency at most this x the base's in-flight:
+# latency grew in proportion to the in-flight count from the base on
 
 
 @dataclass(slots=True)
 class _Level:
-    weight: float = 0.0  # answers seen, decayed with time
+    count: float = 0.0  # answers seen, capped at MAX_WEIGHT
     mean: float = 0.0  # of log latency
     var: float = 0.0  # of log latency
     inflight: float = 0.0  # mean in-flight count of its answers
-    stamp: float = 0.0
+    stamp: float = float("-inf")  # when its last answer came
 
-    def weight_at(self, now: float) -> float:
-        return self.weight * math.exp(-max(0.0, now - self.stamp) / AGE_S)
+    def known(self, now: float) -> bool:
+        return self.count >= MIN_SAMPLES and now - self.stamp <= FORGET_S
 
     def add(self, log_latency: float, inflight: int, now: float) -> None:
-        self.weight = min(self.weight_at(now) + 1.0, MAX_WEIGHT)
+        if now - self.stamp > FORGET_S:  # stale: start over
+            self.count, self.mean, self.var, self.inflight = 0.0, log_latency, 0.0, inflight
+        self.count = min(self.count + 1.0, MAX_WEIGHT)
         self.stamp = now
-        a = 1.0 / self.weight
+        a = 1.0 / self.count
         d = log_latency - self.mean
         self.mean += a * d
         self.var = (1.0 - a) * (self.var + a * d * d)
         self.inflight += a * (inflight - self.inflight)
 
-    def stderr2(self, now: float) -> float:
+    def stderr2(self) -> float:
         """Squared standard error of ``mean``."""
-        return self.var / max(self.weight_at(now), 1.0)
+        return self.var / self.count
 
 
 def level_of(inflight: int) -> int:
@@ -79,14 +97,17 @@ def level_of(inflight: int) -> int:
 
 
 class ConcurrencyLimit:
-    """One replica's learnt limit: ``value`` requests in flight at most."""
+    """One replica's learnt limit: ``value`` requests in flight at most; ``concurrency``,
+    the knee that limit was found from (the limit itself until one is found)."""
 
-    def __init__(self, ceiling: int, floor: int = 1) -> None:
+    def __init__(self, ceiling: int, floor: int = 1, initial: int = INITIAL) -> None:
         self.ceiling = ceiling
         self.floor = min(floor, ceiling)
-        self.value = ceiling
+        self.value = min(ceiling, max(self.floor, initial))
+        self.concurrency = float(self.value)  # the knee itself, once found; else the limit
         self._levels = [_Level() for _ in range(LEVELS)]
-        self._raised_at = float("-inf")
+        self._found = False  # a knee seen over a base known to be below it: slow start ends
+        self._changed_at = float("-inf")  # when congestion last lowered it, or it rose
 
     def set_ceiling(self, ceiling: int) -> None:
         """A new ceiling (on reload): what was learnt stays, the limit is kept under it."""
@@ -95,32 +116,50 @@ class ConcurrencyLimit:
         self.value = min(self.value, ceiling)
 
     def record(self, latency_s: float, inflight: int, now: float) -> None:
-        """A successful answer after ``latency_s`` with ``inflight`` requests on the
-        replica when it came back (itself included)."""
+        """A successful answer after ``latency_s``, sent when ``inflight`` requests were
+        on the replica (itself included)."""
         self._levels[level_of(inflight)].add(math.log(max(latency_s, 1e-6)), inflight, now)
-        self.update(now)
-
-    def update(self, now: float) -> None:
-        """Move the limit toward what the evidence says: down at once, up by doubling."""
         target = self.target(now)
-        if target < self.value:
-            self.value = target
-        elif target > self.value and now - self._raised_at >= RAISE_S:
-            self.value = min(target, 2 * self.value)
-            self._raised_at = now
+        if not self._found:
+            self.concurrency = float(min(target, self.value))
+        if target < self.value:  # congestion (or a look below): down at once
+            self.value, self._changed_at = target, now
+        elif (
+            target > self.value
+            and inflight >= self.value  # reached: the demand is there
+            and self._levels[level_of(self.value)].known(now)
+            and (not self._found or now - self._changed_at >= RAISE_S)  # slow start
+        ):
+            self.value, self._changed_at = min(target, 2 * self.value), now
 
     def target(self, now: float) -> int:
-        """The limit the current evidence calls for (see the module's docstring)."""
+        """The limit the evidence calls for (see the module's docstring): the ceiling
+        when no level is congested; else the concurrency the first congested level
+        shows, over the lowest known level (the base). Until a knee was found for sure,
+        an estimate at no more than the base's own in-flight count means latency grew
+        in proportion from the base on, so the base may be past the knee too: half of
+        it, to look below. (Once a knee was found, the same figure is the knee seen
+        from just above it, where the base sits at the knee.)"""
         base: _Level | None = None
-        for level in self._levels:
-            if level.weight_at(now) < MIN_SAMPLES:
+        fine = self.floor  # in flight at the highest level seen uncongested so far
+        for i, level in enumerate(self._levels):
+            if not level.known(now):
                 continue
             if base is None:
-                base = level
-                continue
-            excess = level.mean - base.mean
-            noise = Z * math.sqrt(level.stderr2(now) + base.stderr2(now))
-            if excess > CONGESTED and excess > noise:
-                concurrency = level.inflight / math.exp(excess)
-                return min(self.ceiling, max(self.floor, round(concurrency)))
+                base, base_index = level, i
+            else:
+                excess = level.mean - base.mean
+                noise = Z * math.sqrt(level.stderr2() + base.stderr2())
+                if excess > CONGESTED and excess > noise:
+                    concurrency = level.inflight / math.exp(excess)
+                    proportional = concurrency <= PROPORTIONAL * base.inflight
+                    if base_index > 0 and proportional and not self._found:
+                        # proportional from the base on: the knee is at the base or
+                        # below; hold there until a lower level shows which
+                        return min(self.value, max(self.floor, math.ceil(base.inflight)))
+                    self._found = True
+                    self.concurrency = max(1.0, concurrency)
+                    limit = math.ceil(HEADROOM * concurrency - 1e-9)
+                    return min(self.ceiling, max(fine, limit))
+            fine = max(fine, int(level.inflight))
         return self.ceiling

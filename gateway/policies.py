@@ -9,10 +9,10 @@ The pool calls a policy on the event loop thread, for every attempt::
 
 Invariants every policy keeps:
 
-* ``pick`` returns one of ``candidates``, or None for an empty sequence or (peak_ewma only)
-  when waiting for one of ``full`` (routable replicas at their limit, with ``ahead``
-  requests queued before this one) is cheaper; it never writes to a replica: the pool
-  alone owns ``inflight``, ``draining`` and ``cap`` (the replica's concurrency limit).
+* ``pick`` returns one of ``candidates``, or None for an empty sequence or (peak_ewma and
+  least_connections) when waiting for one of ``full`` (routable replicas at their limit,
+  with ``ahead`` requests queued before this one) is cheaper; it never writes to a
+  replica: the pool alone owns ``inflight``, ``draining`` and ``cap`` (its limit).
 * Routing state lives here, keyed by ``Replica.id``, created lazily (any replica may show up
   at any time) and dropped by ``forget``, so it never outlives the replica.
 * The module is pure: time (``clock``, monotonic seconds) and randomness (``rng``) are
@@ -43,10 +43,19 @@ LOG_PENALTY_FACTOR = math.log(PENALTY_FACTOR)
 ALPHA = 1.0 / 16
 """peak_ewma: the weight of each new answer in a replica's estimate (about the last 16)."""
 
-Z_NOISE = 3.0
+Z_NOISE = 5.0
 """peak_ewma: estimates closer than this many standard errors of their difference tie."""
 NOISE_SCALE = ALPHA / (2.0 - ALPHA)
 """The variance of an EWMA with weight ALPHA, as a share of its samples' variance."""
+LOG_WAIT_OVER = math.log(4.0)
+"""peak_ewma waits for a full replica only rather than take one this many times slower:
+estimates move with what the replicas were sent, and waiting while a replica that is
+merely 2-3x slower idles costs more than it saves (the matrix's 90 % load cells)."""
+PRIOR_VAR, PRIOR_SAMPLES = 0.5, 4
+"""A replica's variance of log latency is taken as PRIOR_VAR (a log-sd of 0.7) worth this
+many answers, shrunk toward what it shows as answers come: one fast first answer is not
+evidence that a replica is faster than its peers."""
+VAR_SAMPLES = 64  # the most answers the measured variance counts as against the prior
 
 TYPICAL_SAMPLES = 256
 """About how many recent successful samples, from any replica, the pool's typical latency
@@ -128,12 +137,20 @@ class RoundRobin(_Stateless):
 
 class LeastConnections(_Stateless):
     """Fewest requests in flight, by a full scan: with few replicas and long requests (GPUs)
-    a sampled choice misses the idle replica too often (Envoy added FULL_SCAN for this)."""
+    a sampled choice misses the idle replica too often (Envoy added FULL_SCAN for this).
+    Replicas' limits differ (each is learnt): when a ``full`` one has fewer requests in
+    flight, the queue ``ahead`` spread over them counted, the request waits for it
+    (None) rather than pile onto the one replica whose limit is still high."""
 
     def pick(
         self, candidates: Sequence[Replica], full: Sequence[Replica] = (), ahead: int = 0
     ) -> Replica | None:
-        return _full_scan(candidates, _inflight, self.rng) if candidates else None
+        if not candidates:
+            return None
+        chosen = _full_scan(candidates, _inflight, self.rng)
+        if full and min(r.inflight for r in full) + ahead / len(full) < chosen.inflight:
+            return None
+        return chosen
 
 
 class PowerOfTwoChoices(_Stateless):
@@ -151,6 +168,15 @@ class _Estimate:
     var: float  # EWMA variance of log latency, successes only: the estimate's noise
     ok_mean: float  # EWMA of log latency of successes only: the base of the penalty
     stamp: float  # clock time of the last update
+    n: int = 1  # successful answers so far
+    penalised: bool = False  # the last answer was a failure: ``mean`` is its penalty
+
+    def noise2(self) -> float:
+        """The squared standard error of ``mean``: its variance shrunk toward a prior
+        while few answers were seen, over how many answers it averages."""
+        seen = min(self.n, VAR_SAMPLES)
+        var = (self.var * seen + PRIOR_VAR * PRIOR_SAMPLES) / (seen + PRIOR_SAMPLES)
+        return var * max(NOISE_SCALE, 1.0 / max(self.n, 1))
 
 
 class PeakEwma:
@@ -181,9 +207,12 @@ class PeakEwma:
     * **Load.** The in-flight factor counts busy slots as a share of the replica's limit:
       with one slot it is Finagle's ``(inflight + 1)``; a batching model server answers
       its slots side by side, so a fast replica with 3 of 4 slots busy is still a better
-      bet than an idle one 5x slower. When ``full`` replicas (at their limit) are cheaper
-      even counting the requests queued ``ahead``, ``pick`` returns None: waiting in the
-      gateway's queue for one beats a much slower replica that has room.
+      bet than an idle one 5x slower. When the cheapest candidate is over 4x slower than
+      the best (``LOG_WAIT_OVER``), measured lately, and ``full`` replicas (at their limit) are
+      cheaper even counting the requests queued ``ahead``, ``pick`` returns None:
+      waiting in the gateway's queue for one beats a much slower replica that has room.
+      The pool feeds ``on_end`` the replica's speed (its latency over the queueing its
+      in-flight count explains), so the estimate is not the load term twice.
     * Full scan for up to ``FULL_SCAN_MAX`` candidates, power of two choices above;
       random tie-break in both.
     """
@@ -193,7 +222,7 @@ class PeakEwma:
         *,
         clock: Clock,
         rng: random.Random,
-        relax_s: float = 2.0,
+        relax_s: float = 1.0,
         default_rtt_s: float = 0.03,
         penalty_s: float = 1.0,
     ) -> None:
@@ -205,7 +234,6 @@ class PeakEwma:
         self.log_penalty = math.log(penalty_s)
         self._state: dict[str, _Estimate] = {}
         self._typical = math.log(default_rtt_s)  # the pool's typical log latency
-        self._typical_var = 0.0  # and its variance: a new replica's prior noise
         self._measured = False  # has any success been seen (else _typical is the default)
 
     def estimate(self, replica: Replica) -> float:
@@ -213,12 +241,14 @@ class PeakEwma:
         return math.exp(self._view(replica.id, self.clock())[0])
 
     def _view(self, replica_id: str, now: float) -> tuple[float, float]:
-        """(log latency estimate relaxed to ``now``, its variance)."""
+        """(log latency estimate relaxed to ``now``, its squared standard error; inf
+        after a failure, whose penalty is no estimate to tie with)."""
         s = self._state.get(replica_id)
         if s is None:
-            return self._typical, self._typical_var
+            return self._typical, PRIOR_VAR
         w = math.exp(-max(now - s.stamp, 0.0) / self.relax_s)
-        return self._typical + (s.mean - self._typical) * w, s.var
+        noise2 = math.inf if s.penalised else s.noise2()  # inf: a penalty never ties
+        return self._typical + (s.mean - self._typical) * w, noise2
 
     def pick(
         self, candidates: Sequence[Replica], full: Sequence[Replica] = (), ahead: int = 0
@@ -227,26 +257,34 @@ class PeakEwma:
             return None
         now = self.clock()
         views = {r.id: self._view(r.id, now) for r in (*candidates, *full)}
-        best_mean, best_var = min(views.values())
+        best_mean, best_noise2 = min(views.values())
 
         def latency(r: Replica) -> float:
-            mean, var = views[r.id]
-            noise = Z_NOISE * math.sqrt(NOISE_SCALE * (var + best_var))
-            return best_mean if mean - best_mean <= noise else mean
+            mean, noise2 = views[r.id]
+            if math.isinf(noise2):
+                return mean
+            tie = mean - best_mean <= Z_NOISE * math.sqrt(noise2 + best_noise2)
+            return best_mean if tie else mean
 
         def cost(r: Replica) -> float:
-            return latency(r) + math.log1p(r.inflight / r.cap)
+            return latency(r) + math.log1p(r.inflight / r.slots)
 
         if len(candidates) <= FULL_SCAN_MAX:
             chosen = _full_scan(candidates, cost, self.rng)
         else:
             chosen = _two_choices(candidates, cost, self.rng)
-        if full:
+        if full and latency(chosen) > best_mean + LOG_WAIT_OVER and self._fresh(chosen, now):
             share = ahead / len(full)  # the queue ahead spread over the full replicas
-            waiting = min(latency(r) + math.log1p((r.inflight + share) / r.cap) for r in full)
+            waiting = min(latency(r) + math.log1p((r.inflight + share) / r.slots) for r in full)
             if waiting < cost(chosen):
                 return None
         return chosen
+
+    def _fresh(self, replica: Replica, now: float) -> bool:
+        """Was ``replica`` measured within ``relax_s``? A stale estimate is no reason to
+        wait: the replica is tried instead, and measured."""
+        s = self._state.get(replica.id)
+        return s is not None and now - s.stamp < self.relax_s
 
     def on_start(self, replica: Replica) -> None:
         pass  # the pool's inflight count is all the cost needs
@@ -258,7 +296,7 @@ class PeakEwma:
         if s is None:
             first = x if ok else max(x, self.log_penalty)
             ok_mean = x if ok else self._typical
-            s = self._state[replica.id] = _Estimate(first, self._typical_var, ok_mean, now)
+            s = self._state[replica.id] = _Estimate(first, 0.0, ok_mean, now, int(ok), not ok)
             if ok:
                 self._learn_typical(x)
             return
@@ -266,11 +304,14 @@ class PeakEwma:
         if ok:
             self._learn_typical(x)
             start = seen if x < seen else max(s.mean, seen)
-            d = x - start
-            s.mean = start + ALPHA * d
-            s.var = (1.0 - ALPHA) * (s.var + ALPHA * d * d)
-            s.ok_mean += ALPHA * (x - s.ok_mean)
+            s.n += 1
+            a, d = max(ALPHA, 1.0 / s.n), x - start  # a running mean over the first answers
+            s.mean = start + a * d
+            s.var = (1.0 - a) * (s.var + a * d * d)
+            s.ok_mean += a * (x - s.ok_mean)
+            s.penalised = False
         else:
+            s.penalised = True
             penalty = max(x, self.log_penalty, LOG_PENALTY_FACTOR + s.ok_mean)
             s.mean = max(seen, penalty)
         s.stamp = now
@@ -279,9 +320,7 @@ class PeakEwma:
         if not self._measured:
             self._typical, self._measured = x, True
             return
-        a, d = 1.0 / TYPICAL_SAMPLES, x - self._typical
-        self._typical += a * d
-        self._typical_var = (1.0 - a) * (self._typical_var + a * d * d)
+        self._typical += (x - self._typical) / TYPICAL_SAMPLES
 
     def forget(self, replica_id: str) -> None:
         self._state.pop(replica_id, None)

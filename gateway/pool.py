@@ -213,21 +213,31 @@ class Pool:
         self.recorder.queue_wait(self.name, self.clock() - waiter.since)
         return replica
 
-    def release(self, replica: Replica, latency_s: float, status: int | None) -> None:
-        """Return a slot with the attempt's outcome (``status`` None: no response at all)."""
+    def release(
+        self, replica: Replica, latency_s: float, status: int | None, level: int | None = None
+    ) -> None:
+        """Return a slot with the attempt's outcome (``status`` None: no response at all);
+        ``level``: the replica's in-flight count when the attempt was sent (None: take
+        the count now), which its concurrency limit learns from."""
         now = self.clock()
         failed = status is None or status >= 500
+        level = replica.inflight if level is None else level
+        # what the policy learns is the replica's speed: the queueing inside it that its
+        # in-flight count explains (k requests on c slots take about k / c as long) is
+        # the load term's to price, not the estimate's, or a replica that was sent too
+        # much would look slow after it drained and idle while others queue
+        speed_s = latency_s / max(1.0, level / replica.slots)
         if not failed:
             self._heads.add(latency_s)
             replica.health.record_head(latency_s, now)
             limit = self._limits.get(replica.id)
             if limit is not None:  # None: the replica left the pool
-                limit.record(latency_s, replica.inflight, now)
+                limit.record(latency_s, level, now)
                 self._set_cap(replica)
         replica.inflight -= 1
         if replica.draining and not replica.inflight:
             self._drained(replica)
-        self.policy.on_end(replica, latency_s, not failed and status != 429)
+        self.policy.on_end(replica, speed_s, not failed and status != 429)
         self._record(replica, not failed, now, self._may_eject(now) if failed else False)
         self._dispatch()
 
@@ -294,7 +304,11 @@ class Pool:
 
     def _set_cap(self, replica: Replica) -> None:
         limit = self._limits[replica.id]
-        replica.cap = limit.value if self.adaptive else self.max_inflight
+        if self.adaptive:
+            replica.cap, replica.slots = limit.value, limit.concurrency
+        else:
+            replica.cap = self.max_inflight
+            replica.slots = float(self.max_inflight)
 
     def _pick(self, exclude: frozenset[str], ahead: int = 0) -> Replica | None:
         """The policy's choice among the routable replicas outside ``exclude`` that have

@@ -109,6 +109,7 @@ class _Answer:
     replica: Replica
     response: UpstreamResponse
     ttfb_s: float  # time to the response head: what the policies learn from
+    level: int  # the replica's in-flight count when the attempt was sent, itself included
     cold_wait_s: float | None = None  # how long it waited for a replica to start, if it did
 
 
@@ -330,7 +331,7 @@ class Proxy:
     def _discard(self, answer: _Answer) -> None:
         """Drop an answer that will not be relayed, giving its slot back with its status."""
         answer.response.release()
-        answer.pool.release(answer.replica, answer.ttfb_s, answer.response.status)
+        answer.pool.release(answer.replica, answer.ttfb_s, answer.response.status, answer.level)
 
     async def _acquire(
         self, pool: Pool, tried: frozenset[str], deadline: float | None
@@ -363,7 +364,7 @@ class Proxy:
         if call.host_missing:  # an HTTP/1.0 client may omit Host; HTTP/1.1 requires it
             headers = [*headers, ("Host", f"{replica.host}:{replica.port}")]
         assert call.deadline is not None  # set with the first slot
-        t0 = self.clock()
+        t0, level = self.clock(), replica.inflight
         try:
             response = await self.upstream.request(
                 exchange.method,
@@ -389,7 +390,7 @@ class Proxy:
         except BaseException:
             pool.abandon(replica)
             raise
-        return _Answer(pool, replica, response, self.clock() - t0)
+        return _Answer(pool, replica, response, self.clock() - t0, level)
 
     async def _relay(self, call: _Call, answer: _Answer) -> None:
         """Pass the response through; nothing after this point may retry. The slot is
@@ -434,7 +435,7 @@ class Proxy:
             self._finish(call, replica.id, upstream.status)
         finally:
             upstream.release()
-            pool.release(replica, answer.ttfb_s, outcome)
+            pool.release(replica, answer.ttfb_s, outcome, answer.level)
 
     def _error(
         self,

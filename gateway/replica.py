@@ -1,7 +1,8 @@
 """The replica: one upstream model-server instance as the data plane sees it.
 
 A replica is plain state. The pool owns the set of replicas and is the only writer of
-``inflight``, ``draining`` and ``cap`` (its concurrency limit, learnt or configured);
+``inflight``, ``draining``, ``cap`` and ``slots`` (its concurrency limit, learnt or
+configured, and the concurrency it was learnt from);
 health tracking lives in ``health.ReplicaHealth`` and routing state lives inside each
 policy, keyed by replica id, so a replica carries no behaviour.
 """
@@ -20,6 +21,7 @@ class Replica:
     url: str  # base URL without a trailing slash, e.g. "http://127.0.0.1:9001"
     inflight: int = 0
     cap: int = 1  # most requests in flight on it; set by the pool
+    slots: float = 1.0  # how many it serves side by side (the knee ``cap`` was learnt from)
     draining: bool = False
     health: ReplicaHealth = field(default_factory=ReplicaHealth)
     host: str = field(init=False)  # from url, parsed once: the proxy connects to these

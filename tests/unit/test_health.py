@@ -106,18 +106,19 @@ def test_coming_back_up_lifts_an_ejection_but_passing_checks_alone_does_not() ->
 @pytest.mark.parametrize(
     ("heads", "last_head_at", "waited", "unanswered", "hung"),
     [
-        # silent since the attempt was sent, another unanswered, past its own tail: hung
-        ((0.01,) * 32, 0.0, 0.05, 3, True),
-        # nothing known of it yet, silent, not alone: hung
+        # silent for 3x its own p99 and since the attempt was sent, another one
+        # unanswered: hung
+        ((0.01,) * 32, 0.9, 0.05, 3, True),
+        # nothing known of it yet, silent since the attempt was sent, not alone: hung
         ((), float("-inf"), 0.05, 2, True),
         # it answered someone while the attempt waited: working, just a long answer
         ((0.01,) * 32, 0.98, 0.05, 3, False),
+        # silent, but not 3x its own p99 yet: a request behind a long answer (one slot)
+        ((0.01,) * 31 + (0.05,), 0.9, 0.05, 3, False),
         # the only attempt since its last answer: a long answer and a hang look the same
         ((0.01,) * 32, 0.0, 0.05, 1, False),
-        # a heavy-tailed replica inside its own tail: a race lost by chance
-        ((0.01,) * 31 + (0.2,), 0.0, 0.05, 3, False),
         # a slower replica (a smaller GPU) at its usual pace
-        ((0.06,) * 32, 0.0, 0.05, 3, False),
+        ((0.06,) * 32, 0.9, 0.05, 3, False),
     ],
 )
 def test_an_outrun_attempt_is_a_failure_only_if_the_replica_hung(

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from gateway.limits import AGE_S, RAISE_S, ConcurrencyLimit, level_of
+from gateway.limits import FORGET_S, INITIAL, MIN_SAMPLES, RAISE_S, ConcurrencyLimit, level_of
 
 
 def feed(
@@ -24,13 +24,13 @@ def feed(
     sigma: float = 0.0,
     seed: int = 1,
 ) -> float:
-    """``n`` answers at ``per_s``, each with 1..min(upto, limit) in flight; returns the
-    clock after the last."""
+    """``n`` answers at ``per_s``, each with a demand of 1..``upto`` requests in flight,
+    of which the limit lets through at most its value; returns the clock after the last."""
     rng = random.Random(seed)
     now = start
     for _ in range(n):
         now += 1.0 / per_s
-        k = rng.randint(1, min(upto, limit.value))
+        k = min(rng.randint(1, upto), limit.value)
         noise = math.exp(rng.gauss(0.0, sigma)) if sigma else 1.0
         limit.record(service_s * max(1.0, k / slots) * noise, k, now)
     return now
@@ -42,16 +42,41 @@ def test_levels_double(k: int, level: int) -> None:
     assert level_of(k) == level
 
 
-def test_without_evidence_the_limit_is_the_ceiling() -> None:
+def test_a_new_replica_starts_low_and_doubles_on_evidence_while_its_limit_is_reached() -> None:
     limit = ConcurrencyLimit(ceiling=64)
-    assert limit.value == 64
-    limit.record(0.02, 1, 0.0)
-    assert limit.value == 64
+    assert limit.value == INITIAL
+    for i in range(100):  # light load: never more than 2 in flight
+        limit.record(0.02, 1 + i % 2, i * 0.01)
+    assert limit.value == INITIAL
+    t = 1.0
+    for _ in range(int(MIN_SAMPLES) - 1):  # at the limit, but its level not yet known
+        t += 0.01
+        limit.record(0.02, INITIAL, t)
+    assert limit.value == INITIAL
+    limit.record(0.02, INITIAL, t + 0.01)  # known, and no slower than below: double
+    assert limit.value == 2 * INITIAL
+    assert ConcurrencyLimit(ceiling=2).value == 2
+
+
+def test_held_at_its_limit_a_replica_is_not_cut_below_what_it_showed() -> None:
+    """Every answer comes back with the limit reached, one level at a time: the next
+    level is slower in proportion, which says the knee is at or below the level held,
+    not where. The limit holds there (no cut into capacity on a guess) and comes down to
+    the knee once the demand varies and a lower level shows it."""
+    limit = ConcurrencyLimit(ceiling=64)
+    now = 0.0
+    for _ in range(400):
+        now += 0.005
+        k = limit.value
+        limit.record(0.02 * k, k, now)  # one slot: k in flight take k times as long
+    assert limit.value == INITIAL
+    feed(limit, slots=1, upto=64, start=now)
+    assert limit.value == 2  # one slot and its headroom
 
 
 @pytest.mark.parametrize(
     ("slots", "low", "high"),
-    [(1, 1, 2), (4, 3, 6), (16, 12, 24)],  # the knee, within the 1.5x that counts as congested
+    [(1, 1, 2), (4, 4, 8), (16, 16, 32)],  # the knee, with its headroom (1.5x, rounded up)
 )
 def test_the_limit_finds_the_knee(slots: int, low: int, high: int) -> None:
     limit = ConcurrencyLimit(ceiling=64)
@@ -60,7 +85,7 @@ def test_the_limit_finds_the_knee(slots: int, low: int, high: int) -> None:
 
 
 @pytest.mark.parametrize("sigma", [0.5, 1.0, 1.5])
-def test_a_heavy_tail_without_congestion_keeps_the_ceiling(sigma: float) -> None:
+def test_a_heavy_tail_without_congestion_reaches_the_ceiling(sigma: float) -> None:
     """Noise is not evidence: 64 slots, answers lognormal at every in-flight level."""
     limit = ConcurrencyLimit(ceiling=64)
     feed(limit, slots=64, upto=64, n=5000, sigma=sigma)
@@ -95,14 +120,14 @@ def test_forgotten_congestion_lets_the_limit_rise_again_by_doubling() -> None:
     the limit doubles at most every RAISE_S and settles at the new knee."""
     limit = ConcurrencyLimit(ceiling=64)
     now = feed(limit, slots=2, upto=64)
-    assert limit.value <= 3
-    now = feed(limit, slots=32, upto=64, start=now, n=int(2 * AGE_S * 200))
+    assert limit.value <= 4
+    now = feed(limit, slots=32, upto=64, start=now, n=int(2 * FORGET_S * 200))
     assert limit.value >= 24
     # and it never jumped straight from the old knee to the ceiling
     fresh = ConcurrencyLimit(ceiling=64)
     t = feed(fresh, slots=2, upto=64)
     seen = []
-    for _ in range(int(2 * AGE_S / RAISE_S)):
+    for _ in range(int(2 * FORGET_S / RAISE_S)):
         t = feed(fresh, slots=32, upto=64, start=t, n=int(RAISE_S * 200))
         seen.append(fresh.value)
     assert all(b <= 2 * a for a, b in itertools.pairwise(seen))

@@ -60,7 +60,7 @@ def simulate(
     policy, clock = new(name, seed)
     pool = replicas(*latency)
     for r in pool:
-        r.cap = cap
+        r.cap, r.slots = cap, cap
     rng = random.Random(seed)
     done: list[tuple[float, int, Replica, float]] = []
     picks: Counter[str] = Counter()
@@ -226,9 +226,9 @@ def test_new_replica_among_warm_ones_is_not_flooded() -> None:
     [
         ((0.1,), 0.1),  # the first answer replaces the default outright
         ((0.1, 0.1), 0.1),
-        ((0.1, 0.2), 0.1 * 2**ALPHA),  # each answer moves the log-mean by ALPHA
-        ((0.1, 0.05), 0.1 * 0.5**ALPHA),
-        ((0.1,) * 20 + (10.0,), 0.1 * 100**ALPHA),  # one answer 100x slower: 1.33x, no peak
+        ((0.1, 0.2), (0.1 * 0.2) ** 0.5),  # the first answers: their geometric mean
+        ((0.1, 0.05), (0.1 * 0.05) ** 0.5),
+        ((0.1,) * 20 + (10.0,), 0.1 * 100**ALPHA),  # then a share: one 100x slower, 1.33x
     ],
 )
 def test_each_answer_moves_the_estimate_by_a_share(
@@ -253,9 +253,10 @@ def test_busy_slots_count_as_a_share_of_the_replicas_limit(
 ) -> None:
     policy, _ = peak()
     fast, slow = replicas("fast", "slow")
-    fast.cap = slow.cap = cap
-    policy.on_end(fast, 0.01, True)
-    policy.on_end(slow, 0.05, True)
+    fast.cap = slow.cap = fast.slots = slow.slots = cap
+    for i in range(32):  # enough answers for a 5x gap to be more than noise
+        policy.on_end(fast, 0.01 * (1 + i % 2 / 10), True)
+        policy.on_end(slow, 0.05 * (1 + i % 2 / 10), True)
     fast.inflight = busy_fast
     assert policy.pick([fast, slow]) is (fast if expected == "fast" else slow)
 
@@ -280,7 +281,7 @@ def test_estimates_closer_than_their_noise_tie(
     only if the other's estimate is clearly worse."""
     policy, _ = peak()
     a, b = replicas("a", "b")
-    a.cap = b.cap = 8
+    a.cap = b.cap = a.slots = b.slots = 8
     rng = random.Random(5)
     for _ in range(64):
         for r, level in ((a, latencies[0]), (b, latencies[1])):
@@ -321,9 +322,11 @@ def test_waiting_for_a_full_replica_can_beat_a_slow_free_one(
     policy, _ = peak()
     fast, slow = replicas("fast", "slow")
     fast.cap = slow.cap = fast.inflight = 4
+    fast.slots = slow.slots = 4
     slow.inflight = 0
-    policy.on_end(fast, 0.01, True)
-    policy.on_end(slow, 0.01 * slow_free, True)
+    for i in range(32):
+        policy.on_end(fast, 0.01 * (1 + i % 2 / 10), True)
+        policy.on_end(slow, 0.01 * slow_free * (1 + i % 2 / 10), True)
     chosen = policy.pick([slow], full=[fast], ahead=ahead)
     assert (chosen.id if chosen else None) == expected
 
@@ -332,6 +335,7 @@ def test_an_unmeasured_replica_costs_the_pools_typical_latency() -> None:
     policy, _ = peak()
     a, b, fresh = replicas("a", "b", "fresh")
     a.cap = b.cap = fresh.cap = 4
+    a.slots = b.slots = fresh.slots = 4
     for r, latency in ((a, 0.05), (b, 0.05)):
         policy.on_end(r, latency, True)
     assert policy.estimate(fresh) == pytest.approx(0.05)
@@ -372,7 +376,7 @@ def test_an_idle_penalised_replica_is_tried_again_within_seconds(
 ) -> None:
     policy, clock = peak()
     bad, good = replicas("bad", "good", inflight=(0, 1))
-    bad.cap = good.cap = 4
+    bad.cap = good.cap = bad.slots = good.slots = 4
     policy.on_end(good, 0.05, True)
     policy.on_end(bad, 0.001, False)
     clock.now = idle_s  # no answer from bad meanwhile: it relaxes toward the typical 0.05
@@ -387,7 +391,7 @@ def test_a_recovered_replica_gets_its_share_back_within_seconds() -> None:
     policy, clock = peak()
     pool = replicas(*latency)
     for r in pool:
-        r.cap = 4
+        r.cap, r.slots = 4, 4
     for _ in range(64):
         for r in pool:
             policy.on_end(r, 0.1 if r.id == "a" else 0.02, True)

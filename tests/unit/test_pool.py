@@ -205,7 +205,7 @@ def test_a_hedge_takes_only_a_free_slot_outside_the_tried() -> None:
 
 
 def test_hedges_stay_within_their_budget() -> None:
-    pool, _, _ = make_pool(2, max_inflight_per_replica=1000)
+    pool, _, _ = make_pool(2, max_inflight_per_replica=1000, concurrency_limit="fixed")
     pool.hedge_budget.min_per_s = 0.0
     for _ in range(1000):
         pool.record_request()
