@@ -30,15 +30,17 @@ How (pure logic; time comes in as an argument):
   and no level up to there is congested: it climbs level by level, each one the base
   of the next comparison. Held at its limit by a queue, a replica answers from one
   level only; when the next level up is slower in proportion to its in-flight count,
-  the base itself may be past the knee, so the limit halves to look below. It comes
+  the knee is at the lower level or below it, and the limit holds there (no cut into
+  capacity on a guess) until the demand varies and a lower level shows where. It comes
   down only on evidence of congestion, never because latency is noisy, and stops at
   the ceiling.
-* Evidence ages: a level is forgotten ``FORGET_S`` after its last answer. Once the limit holds the
-  replica below a congested level, that level gets no new answers and is forgotten; the
-  limit then rises again as above, at most once every ``RAISE_S``, to probe. So a
-  replica that batches more, or was replaced behind the same address, gets its room
-  back, and one that batches less shows congestion at a lower level and is limited at
-  once. A replica that merely slows down moves every level alike and keeps its limit.
+* Evidence ages: a level is forgotten ``FORGET_S`` after its last answer. Once the
+  limit holds the replica below a congested level, that level gets no new answers and
+  is forgotten; the limit then rises again as above, at most once every ``RAISE_S``
+  after a knee was found, to probe. So a replica that batches more, or was replaced
+  behind the same address, gets its room back, and one that batches less shows
+  congestion at a lower level and is limited at once. A replica that merely slows down
+  moves every level alike and keeps its limit.
 
 The anchors are Envoy's adaptive concurrency filter and Netflix's concurrency-limits
 (Vegas, Gradient2), which compare latency with a minimum RTT; a minimum is the wrong
@@ -57,7 +59,7 @@ MAX_WEIGHT = 64.0  # a level's running mean weighs each new answer at least 1/64
 CONGESTED = math.log(1.5)  # log latency ratio over the baseline that counts as congestion
 Z = 3.0  # and it must exceed this many standard errors of the difference
 FORGET_S = 30.0  # a level without an answer for this long is forgotten
-RAISE_S = 2.0  # after congestion, the limit rises at most once (doubling) per this long
+RAISE_S = 2.0  # once a knee was found, the limit rises at most once (doubling) per this long
 INITIAL = 8  # a new replica's limit (under the ceiling)
 HEADROOM = 1.5  # the limit is this x the concurrency found, rounded up
 PROPORTIONAL = 1.25  # a congested level's concurrency at most this x the base's in-flight:
@@ -119,7 +121,7 @@ class ConcurrencyLimit:
         """A successful answer after ``latency_s``, sent when ``inflight`` requests were
         on the replica (itself included)."""
         self._levels[level_of(inflight)].add(math.log(max(latency_s, 1e-6)), inflight, now)
-        target = self.target(now)
+        target = self._target(now)
         if not self._found:
             self.concurrency = float(min(target, self.value))
         if target < self.value:  # congestion (or a look below): down at once
@@ -132,14 +134,14 @@ class ConcurrencyLimit:
         ):
             self.value, self._changed_at = min(target, 2 * self.value), now
 
-    def target(self, now: float) -> int:
-        """The limit the evidence calls for (see the module's docstring): the ceiling
-        when no level is congested; else the concurrency the first congested level
-        shows, over the lowest known level (the base). Until a knee was found for sure,
-        an estimate at no more than the base's own in-flight count means latency grew
-        in proportion from the base on, so the base may be past the knee too: half of
-        it, to look below. (Once a knee was found, the same figure is the knee seen
-        from just above it, where the base sits at the knee.)"""
+    def _target(self, now: float) -> int:
+        """The limit the evidence calls for (see the module's docstring), noting a knee
+        it finds: the ceiling when no level is congested; else from the concurrency the
+        first congested level shows over the lowest known level (the base). Until a
+        knee was found for sure, an estimate no higher than the base's own in-flight
+        count means latency grew in proportion from the base on, so the knee is at the
+        base or below it: the limit holds at the base until a lower level shows which.
+        (Once a knee was found, the same figure is the knee seen from just above it.)"""
         base: _Level | None = None
         fine = self.floor  # in flight at the highest level seen uncongested so far
         for i, level in enumerate(self._levels):

@@ -180,39 +180,44 @@ class _Estimate:
 
 
 class PeakEwma:
-    """Response-time weighting: cost = latency estimate x (1 + inflight / cap), cheapest
-    wins; ``cap`` is the replica's concurrency limit (learnt, or the configured one).
+    """Response-time weighting: cost = speed estimate x (1 + inflight / slots), cheapest
+    wins; ``slots`` is how many requests the replica serves side by side (the knee its
+    learnt limit came from, or the configured cap).
 
-    * **Estimate.** A replica's estimate is a running mean of log time-to-first-byte,
-      each answer weighing ``ALPHA``: a mean of logs, so a heavy tail (a lognormal's,
-      Pareto's, a slow mode) moves it little, and per answer, so it follows a replica
-      that slows down within a few answers. A failure (connect error, timeout, 5xx, 429)
-      is taken at once, as a peak, at ``max(latency_s, penalty_s, PENALTY_FACTOR x the
-      success-only estimate)``: a replica answering instant 500s looks slow, not fast
-      (Linkerd 11669), and a burst of failures does not compound the penalty.
+    * **Estimate.** The pool feeds ``on_end`` the replica's speed: its time-to-first-byte
+      over the queueing its in-flight count explains (k requests on c slots take about
+      k / c as long), so that the load term is not counted twice, and a replica that was
+      sent too much does not look slow once it drained. The estimate is a running mean of
+      the log of that, each answer weighing ``ALPHA`` (the first ones their plain mean):
+      a mean of logs, so a heavy tail (a lognormal's, Pareto's, a slow mode) moves it
+      little, and per answer, so it follows a replica that slows down within a few
+      answers. A failure (connect error, timeout, 5xx, 429) is taken at once, as a peak,
+      at ``max(latency_s, penalty_s, PENALTY_FACTOR x the success-only estimate)``: a
+      replica answering instant 500s looks slow, not fast (Linkerd 11669), and a burst of
+      failures does not compound the penalty.
     * **No herding.** Two estimates that differ by less than ``Z_NOISE`` standard errors
-      of their difference (from each replica's variance of log latency) count as equal:
-      the cheaper one's is used for both, so on a pool of like replicas load alone
-      decides, as least-connections does, instead of noise sending each burst to
-      whichever replica drew the shortest answers lately.
+      of their difference count as equal: the cheaper one's is used for both, so on a
+      pool of like replicas load alone decides, as least-connections does, instead of
+      noise sending each burst to whichever replica drew the shortest answers lately.
+      A replica's standard error comes from its own variance of log latency, shrunk
+      toward a prior (``PRIOR_VAR``) while it has few answers: one fast first answer is
+      not evidence. A penalty never ties.
     * **Memory.** At pick time the estimate of a replica that had no answer for a while is
       relaxed toward the pool's typical latency (a mean over about ``TYPICAL_SAMPLES``
       answers from any replica) with time constant ``relax_s``, so a replica shunned for
-      being slow or failing is tried again within seconds and, once it answers well,
-      gets its share back. A new answer is blended with what pick saw (the relaxed
+      being slow or failing is tried again within a second or two and, once it answers
+      well, gets its share back. A new answer is blended with what pick saw (the relaxed
       estimate) when it is lower, and with the stored estimate when it is not, so one
       answer from a replica that is still slow restores what was known about it. A
       replica with no answers yet costs the typical latency: it gets its share at once
-      and is measured; its first answer replaces the guess outright.
-    * **Load.** The in-flight factor counts busy slots as a share of the replica's limit:
+      and is measured.
+    * **Load.** The in-flight factor counts busy slots as a share of the replica's slots:
       with one slot it is Finagle's ``(inflight + 1)``; a batching model server answers
       its slots side by side, so a fast replica with 3 of 4 slots busy is still a better
       bet than an idle one 5x slower. When the cheapest candidate is over 4x slower than
-      the best (``LOG_WAIT_OVER``), measured lately, and ``full`` replicas (at their limit) are
-      cheaper even counting the requests queued ``ahead``, ``pick`` returns None:
-      waiting in the gateway's queue for one beats a much slower replica that has room.
-      The pool feeds ``on_end`` the replica's speed (its latency over the queueing its
-      in-flight count explains), so the estimate is not the load term twice.
+      the best (``LOG_WAIT_OVER``) and was measured lately, and a ``full`` replica (at its
+      limit) is cheaper even counting the requests queued ``ahead``, ``pick`` returns
+      None: waiting in the gateway's queue for it beats a much slower replica with room.
     * Full scan for up to ``FULL_SCAN_MAX`` candidates, power of two choices above;
       random tie-break in both.
     """

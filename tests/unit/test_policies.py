@@ -140,6 +140,25 @@ def test_least_connections_picks_the_minimum(inflight: tuple[int, ...], expected
         assert (r := policy.pick(pool)) is not None and r.id == expected
 
 
+@pytest.mark.parametrize(
+    ("free", "full", "ahead", "expected"),
+    [
+        (3, 2, 0, None),  # a full replica has fewer in flight: wait for it
+        (2, 2, 0, "free"),  # as many: take the free one
+        (3, 2, 4, "free"),  # the queue ahead makes the full one busier than the free one
+    ],
+)
+def test_least_connections_waits_for_a_full_replica_with_fewer_in_flight(
+    free: int, full: int, ahead: int, expected: str | None
+) -> None:
+    """Learnt limits differ: a replica whose limit is still high must not take every
+    request the others' lower limits turn away."""
+    policy, _ = new("least_connections")
+    spare, capped = replicas("free", "capped", inflight=(free, full))
+    chosen = policy.pick([spare], full=[capped], ahead=ahead)
+    assert (chosen.id if chosen else None) == expected
+
+
 @pytest.mark.parametrize("name", ["least_connections", "p2c"])
 def test_ties_are_spread_roughly_uniformly(name: str) -> None:
     policy, _ = new(name)
