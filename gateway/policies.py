@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -264,15 +265,23 @@ class PeakEwma:
         views = {r.id: self._view(r.id, now) for r in (*candidates, *full)}
         best_mean, best_noise2 = min(views.values())
 
-        def latency(r: Replica) -> float:
+        def tied(r: Replica) -> bool:
             mean, noise2 = views[r.id]
-            if math.isinf(noise2):
-                return mean
-            tie = mean - best_mean <= Z_NOISE * math.sqrt(noise2 + best_noise2)
-            return best_mean if tie else mean
+            return not math.isinf(noise2) and (
+                mean - best_mean <= Z_NOISE * math.sqrt(noise2 + best_noise2)
+            )
+
+        ties = {r.id for r in (*candidates, *full) if tied(r)}
+        # like replicas share one slot count too (the median of theirs): each one's is
+        # learnt, and its noise would otherwise weigh the load as the estimate's did
+        tied_slots = [r.slots for r in (*candidates, *full) if r.id in ties]
+        slots = statistics.median_low(tied_slots) if tied_slots else 1.0
+
+        def latency(r: Replica) -> float:
+            return best_mean if r.id in ties else views[r.id][0]
 
         def cost(r: Replica) -> float:
-            return latency(r) + math.log1p(r.inflight / r.slots)
+            return latency(r) + math.log1p(r.inflight / (slots if r.id in ties else r.slots))
 
         if len(candidates) <= FULL_SCAN_MAX:
             chosen = _full_scan(candidates, cost, self.rng)
@@ -280,7 +289,7 @@ class PeakEwma:
             chosen = _two_choices(candidates, cost, self.rng)
         if full and latency(chosen) > best_mean + LOG_WAIT_OVER and self._fresh(chosen, now):
             share = ahead / len(full)  # the queue ahead spread over the full replicas
-            waiting = min(latency(r) + math.log1p((r.inflight + share) / r.slots) for r in full)
+            waiting = min(cost(r) + math.log1p(share / r.slots) for r in full)
             if waiting < cost(chosen):
                 return None
         return chosen

@@ -102,14 +102,14 @@ def plot_ratios(
 
     cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")  # grey: no ratio
     data = [[math.nan if v is None else v for v in row] for row in values]
-    fig, ax = plt.subplots(figsize=(2.5 + 1.5 * len(columns), 1.2 + 0.4 * len(rows)))
+    fig, ax = plt.subplots(figsize=(2.5 + 1.8 * len(columns), 1.2 + 0.4 * len(rows)))
     image = ax.imshow(data, cmap=cmap, norm=LogNorm(vmin=0.25, vmax=4), aspect="auto")
     for i, row in enumerate(values):
         for j, v in enumerate(row):
             dark = v is not None and v > 0 and abs(math.log(v)) > math.log(2.5)
             ax.text(j, i, "-" if v is None else f"{v:.2f}", ha="center", va="center",
                     fontsize="small", color="white" if dark else "black")  # fmt: skip
-    ax.set_xticks(range(len(columns)), columns)
+    ax.set_xticks(range(len(columns)), columns, fontsize="small")
     ax.set_yticks(range(len(rows)), rows)
     ax.xaxis.tick_top()
     bar = fig.colorbar(image, ax=ax, ticks=[0.25, 0.5, 1, 2, 4])
