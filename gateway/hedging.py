@@ -17,11 +17,10 @@ The delay has two floors (``hedge_delay``):
   is slower than its peers, or whose answers are heavy-tailed, often takes longer than
   the pool's tail for answers that are normal *for it*; hedging those races its healthy
   work, and under load that extra work is what tips a busy pool into queueing (the
-  matrix in ``load/RESULTS.md`` measured it: at 90 % load on one-slot replicas, backups
-  at the pool's p98 cost 15 % at p50). A backup goes out only once the wait is unusual
-  against both the pool and the replica: for a replica that hung or paused, which is
-  what hedging is for here (model servers rarely finish a long answer faster the second
-  time: its length is the request's, not the replica's).
+  matrix in ``load/RESULTS.md``, at 90 % load on one-slot replicas). A backup goes out
+  only once the wait is unusual against both the pool and the replica: for a replica
+  that hung or paused, which is what hedging is for here (model servers rarely finish
+  a long answer faster the second time: its length is the request's, not the replica's).
 
 Pure logic: quantiles come from the last samples of a ``Window``, re-sorted every
 ``refresh`` samples rather than on every request.

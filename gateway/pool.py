@@ -3,8 +3,8 @@
 This is where the data plane and the control plane meet. Requests ``acquire`` a replica
 (waiting in a bounded FIFO queue when every eligible replica is at its slot cap) and
 ``release`` it with the outcome; discovery swaps in whole replica snapshots; the prober
-and the proxy's outcomes feed each replica's health and its concurrency limit. The pool also
-keeps what hedging needs: the pool's recent response heads (each replica keeps its own),
+and the proxy's outcomes feed each replica's health and its concurrency limit. The pool
+also keeps what hedging needs: the pool's recent response heads (each replica keeps its own),
 and the budget for backup attempts, which take a free slot or none (``try_hedge``).
 
 Invariants:
@@ -13,7 +13,8 @@ Invariants:
   itself with ``concurrency_limit: fixed``. The cap is hard: above it, requests wait
   here, not inside the replica;
 * a freed slot goes straight to the oldest waiter that may use it (FIFO, no herd);
-* the policy only ever sees eligible replicas: routable, not draining, below the cap;
+* the policy only ever picks eligible replicas: routable, not draining, below the cap (it
+  is also told which routable ones are full, to weigh waiting for them);
   when no replica is routable at all the pool fails open and treats every non-draining
   replica as routable, since refusing everything is worse than trying a suspect replica;
 * passive ejection never takes more than ``max_ejected_percent`` of the replicas out, and
@@ -234,9 +235,7 @@ class Pool:
             if limit is not None:  # None: the replica left the pool
                 limit.record(latency_s, level, now)
                 self._set_cap(replica)
-        replica.inflight -= 1
-        if replica.draining and not replica.inflight:
-            self._drained(replica)
+        self._free(replica)
         self.policy.on_end(replica, speed_s, not failed and status != 429)
         self._record(replica, not failed, now, self._may_eject(now) if failed else False)
         self._dispatch()
@@ -249,9 +248,7 @@ class Pool:
         ejections for it stay under ``HEDGE_EJECTED_PERCENT``."""
         now = self.clock()
         hung = replica.health.hung(waited_s, now)
-        replica.inflight -= 1
-        if replica.draining and not replica.inflight:
-            self._drained(replica)
+        self._free(replica)
         self.policy.on_end(replica, waited_s, not hung)
         if hung:
             may_eject = self._may_eject(now) and self._may_eject_for_hedging(now)
@@ -269,9 +266,7 @@ class Pool:
 
     def abandon(self, replica: Replica) -> None:
         """Return a slot whose attempt produced no outcome worth learning from."""
-        replica.inflight -= 1
-        if replica.draining and not replica.inflight:
-            self._drained(replica)
+        self._free(replica)
         self._dispatch()
 
     def record_probe(self, replica: Replica, ok: bool) -> None:
@@ -296,6 +291,12 @@ class Pool:
         return True
 
     # -- internals ----------------------------------------------------------------------
+
+    def _free(self, replica: Replica) -> None:
+        """One slot less in use; a draining replica that has none left is drained."""
+        replica.inflight -= 1
+        if replica.draining and not replica.inflight:
+            self._drained(replica)
 
     def _drained(self, replica: Replica) -> None:
         future = self._idle.pop(replica.id, None)
