@@ -33,6 +33,7 @@ from gateway.autoscaler import PoolAutoscaler
 from gateway.config import Autoscale, Config, ConfigError, load_config
 from gateway.config import Pool as PoolSettings
 from gateway.drivers import Driver
+from gateway.drivers.identity import instance_id
 from gateway.drivers.process import ProcessDriver
 from gateway.gpus import GpuLedger, discover_gpus
 from gateway.metrics import PrometheusRecorder
@@ -41,7 +42,7 @@ from gateway.pool import Pool
 from gateway.prober import Prober
 from gateway.proxy import Proxy, Router
 from gateway.replica import Replica
-from gateway.server import Exchange, HttpServer
+from gateway.server import Exchange, HttpServer, raise_open_files_limit
 from gateway.upstream import Upstream
 
 log = logging.getLogger("gateway")
@@ -102,9 +103,11 @@ class Gateway:
         self.upstream = Upstream()
         self.proxy = Proxy(self._router(config), self.upstream, self.recorder, self.clock)
         self.proxy.max_body_bytes = config.max_body_bytes
+        self.proxy.trusted_proxies = config.trusted_proxies
 
         self.admin_api = AdminApi(self)
         self._admin, self.admin_port = await self._serve_admin(config.admin.host, config.admin.port)
+        raise_open_files_limit()
         await self._start_listener()
         if config.watch_config and self.config_path is not None:
             self._spawn(self._watch_config(Path(self.config_path)))
@@ -155,6 +158,9 @@ class Gateway:
                     self._add_pool(name, settings)
             self.proxy.router = self._router(new)
             self.proxy.max_body_bytes = new.max_body_bytes
+            self.proxy.trusted_proxies = new.trusted_proxies
+            if self._listener is not None:
+                self._listener.limits = new.limits
             logging.getLogger().setLevel(new.log_level.upper())
             if new.listen != old.listen and self._listener is not None:
                 previous = self._listener
@@ -245,12 +251,14 @@ class Gateway:
         await scaler.shutdown(stop_replicas=True)
 
     def _make_driver(self, settings: Autoscale) -> Driver:
+        state_dir = Path(self.config.state_dir).expanduser()
+        instance = instance_id(self.config.cluster, state_dir)  # whose replicas are ours
         if settings.driver == "docker":
             from gateway.drivers.docker import DockerDriver  # only docker pools need the SDK
 
-            docker_driver: Driver = DockerDriver(reach=settings.reach)
+            docker_driver: Driver = DockerDriver(instance=instance, reach=settings.reach)
             return docker_driver
-        return ProcessDriver(Path(self.config.state_dir).expanduser() / "replicas")
+        return ProcessDriver(state_dir / "replicas", instance)
 
     async def _forward_hints(self, driver: Driver) -> None:
         """Driver events (a replica died) wake the pool's loop before its next tick."""
@@ -265,7 +273,7 @@ class Gateway:
     # -- listeners ---------------------------------------------------------------------
 
     async def _start_listener(self) -> None:
-        self._listener = HttpServer(self._dispatch)
+        self._listener = HttpServer(self._dispatch, self.config.limits, self.recorder)
         self.port = await self._listener.start(self.config.listen.host, self.config.listen.port)
 
     async def _dispatch(self, exchange: Exchange) -> None:

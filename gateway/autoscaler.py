@@ -147,7 +147,8 @@ class PoolAutoscaler:
 
     async def _adopt(self) -> None:
         """Take over the replicas a previous gateway left running, health-checked before
-        use; anything else carrying our labels for this pool is removed (no orphans)."""
+        use; anything else the driver lists for this pool (our labels and instance id: never
+        another gateway's) is removed (no orphans)."""
         now = self.clock()
         for instance in await self.driver.list(self.pool.name):
             rid = instance.replica_id

@@ -8,6 +8,7 @@ keys are errors too (a typo must not silently fall back to a default).
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from gateway.drivers.identity import PATTERN as INSTANCE_ID
 from gateway.policies import POLICY_NAMES
 
 
@@ -25,6 +27,23 @@ class _Model(BaseModel):
 class Listen(_Model):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=0, le=65535)
+
+
+class ClientLimits(_Model):
+    """What one client may cost the gateway (``server.py``); each refusal is counted in
+    ``gateway_client_refused_total`` by reason."""
+
+    max_request_line_bytes: int = Field(8 * 1024, gt=0)  # longer request targets get 414
+    max_header_bytes: int = Field(64 * 1024, gt=0)  # a larger header block gets 431
+    max_header_fields: int = Field(100, gt=0)  # more header fields get 431
+    max_connections: int = Field(10_000, gt=0)  # past it the longest idle one is closed, or 503
+    max_connections_per_ip: int = Field(0, ge=0)  # 0: no per-address cap
+    max_pipelined: int = Field(16, gt=0)  # requests queued on a connection before it is not read
+    max_buffered_body_bytes: int = Field(64 * 1024 * 1024, gt=0)  # all bodies held: 503 past it
+    header_timeout_s: float = Field(10.0, gt=0)  # a request head must arrive within this
+    body_timeout_s: float = Field(30.0, gt=0)  # the longest silence in the middle of a body
+    write_timeout_s: float = Field(30.0, gt=0)  # a client that reads nothing this long is cut off
+    idle_timeout_s: float = Field(75.0, gt=0)  # a keep-alive connection with no request open
 
 
 class Admin(_Model):
@@ -103,7 +122,7 @@ class Autoscale(_Model):
     command: tuple[str, ...] = ()  # process driver: argv with {port}; docker: CMD override
     port: int = Field(8000, ge=1, le=65535)  # the port a replica listens on inside its container
     env: dict[str, str] = {}
-    network: str = "host"  # host, or a Docker network the gateway shares
+    network: str = "bridge"  # bridge (port published on 127.0.0.1), a named network, or host
     reach: Literal["published", "network"] = "published"  # docker: how the gateway reaches a
     # replica: its port published on 127.0.0.1 (gateway on the host), or its name on
     # ``network`` (gateway in a container on that network, as with docker compose)
@@ -163,11 +182,31 @@ class Config(_Model):
     routes: tuple[Route, ...] = Field(min_length=1)
     pools: dict[str, Pool] = Field(min_length=1)
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)  # larger request bodies get 413
+    limits: ClientLimits = ClientLimits()
     drain_timeout_s: float = Field(30.0, ge=0)  # SIGTERM: how long in-flight requests may finish
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"  # json: one JSON object per line
     watch_config: bool = False  # reload when the file changes (SIGHUP and the API always do)
     state_dir: str = "~/.cache/inference-gateway"  # what a restarted gateway must find again
+    # The instance id stamped on every replica; only replicas carrying it are adopted or
+    # removed. None: a random id made once and kept in state_dir.
+    cluster: str | None = Field(None, pattern=INSTANCE_ID)
+    # Proxies in front (addresses or CIDRs) whose Forwarded / X-Forwarded-* headers are
+    # believed, X-Forwarded-For appended to; from any other peer they are set anew.
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, v: Any) -> tuple[IPv4Network | IPv6Network, ...]:
+        if not isinstance(v, list | tuple):
+            raise ValueError("must be a list of addresses or CIDRs, e.g. [10.0.0.0/8, ::1]")
+        bad = [item for item in v if not isinstance(item, str)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not an address or CIDR, e.g. 10.0.0.0/8")
+        try:
+            return tuple(ip_network(item) for item in v)
+        except ValueError as exc:  # e.g. "10.0.0.1/8 has host bits set"
+            raise ValueError(str(exc)) from None
 
 
 class ConfigError(Exception):

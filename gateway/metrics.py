@@ -78,6 +78,10 @@ class PrometheusRecorder(Recorder):
             "gateway_rejected", "Requests refused with 503 (queue full, queue timeout)",
             ["pool", "reason"], registry=r,
         )  # fmt: skip
+        self.client_refusals = Counter(
+            "gateway_client_refused", "What client limits refused or cut off, by limit",
+            ["reason"], registry=r,
+        )  # fmt: skip
         self.ejections = Counter(
             "gateway_ejections", "Passive outlier ejections", ["pool", "replica"], registry=r
         )
@@ -137,6 +141,9 @@ class PrometheusRecorder(Recorder):
 
     def rejected(self, pool: str, reason: str) -> None:
         self.rejections.labels(pool, reason).inc()
+
+    def client_refused(self, reason: str) -> None:
+        self.client_refusals.labels(reason).inc()
 
     def ejection(self, pool: str, replica: str) -> None:
         self.ejections.labels(pool, replica).inc()

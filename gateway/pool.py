@@ -167,11 +167,12 @@ class Pool:
 
     def try_hedge(self, exclude: frozenset[str]) -> Replica | None:
         """A reserved slot for a backup attempt, if a replica outside ``exclude`` has one
-        free now and the hedge budget has room. A hedge never queues: it must not take a
-        slot from a request that is waiting for one."""
+        idle now (fewer in flight than its slots: a backup queued inside a busy replica
+        only adds work where it cannot win) and the hedge budget has room. A hedge never
+        queues: it must not take a slot from a request that is waiting for one."""
         if not self.hedge_budget.allows_retry():
             return None
-        replica = self._pick(exclude)
+        replica = self._pick(exclude, idle_only=True)
         if replica is None:
             return None
         self.hedge_budget.try_retry()
@@ -311,9 +312,12 @@ class Pool:
             replica.cap = self.max_inflight
             replica.slots = float(self.max_inflight)
 
-    def _pick(self, exclude: frozenset[str], ahead: int = 0) -> Replica | None:
+    def _pick(
+        self, exclude: frozenset[str], ahead: int = 0, idle_only: bool = False
+    ) -> Replica | None:
         """The policy's choice among the routable replicas outside ``exclude`` that have
-        a free slot, told which are full and how many requests wait ``ahead``."""
+        a free slot (``idle_only``: one under their slots, not only under their cap),
+        told which are full and how many requests wait ``ahead``."""
         now = self.clock()
         live = [r for r in self.replicas.values() if not r.draining]
         routable = [r for r in live if r.health.routable(now)] or live  # fail open
@@ -321,7 +325,8 @@ class Pool:
         full: list[Replica] = []
         for r in routable:
             if r.id not in exclude:
-                (candidates if r.inflight < r.cap else full).append(r)
+                room = r.slots if idle_only else r.cap
+                (candidates if r.inflight < room else full).append(r)
         return self.policy.pick(candidates, full, ahead) if candidates else None
 
     def _start(self, replica: Replica) -> None:

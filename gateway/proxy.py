@@ -24,52 +24,29 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gateway.headers import (
+    Network,
+    forwarding_headers,
+    is_trusted,
+    request_problem,
+    response_headers,
+    safe_request_id,
+    split_request,
+)
 from gateway.pool import NoCapacity, Pool
 from gateway.recorder import NULL_RECORDER, Recorder
 from gateway.replica import Replica
 from gateway.retry import RETRYABLE_STATUS
-from gateway.server import BadRequest, BodyTimeout, Exchange, error_response
+from gateway.server import BadRequest, BodyBufferFull, BodyTimeout, Exchange, error_response
 from gateway.upstream import ConnectFailed, Upstream, UpstreamError, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
-# RFC 9110 7.6.1: meaningful for one connection only, never forwarded. Content-Length
-# is recomputed by the side that writes the body; Expect was answered already (the body
-# is read before a replica is chosen); the forwarding headers are set anew.
-HOP_BY_HOP = frozenset(
-    h.lower()
-    for h in (
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
-        "Proxy-Connection",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-        "Content-Length",
-        "Expect",
-    )
-)
-SET_BY_GATEWAY = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-request-id"})
 CLIENT_CLOSED = 499  # nginx's status for a client that left before its answer was complete
 BUFFER_LIMIT = 64 * 1024  # responses up to this size with a known length go out in one write
-
-
-def _forwardable(
-    headers: Iterable[tuple[str, str]], connection: str | None, drop: frozenset[str] = frozenset()
-) -> list[tuple[str, str]]:
-    """The end-to-end headers: hop-by-hop ones and those that ``Connection`` names out."""
-    named = {h.strip().lower() for h in connection.split(",")} if connection else set()
-    return [
-        (k, v)
-        for k, v in headers
-        if (low := k.lower()) not in HOP_BY_HOP and low not in named and low not in drop
-    ]
 
 
 class _Failed(Exception):
@@ -192,10 +169,16 @@ class Proxy:
         self.recorder = recorder
         self.clock = clock
         self.max_body_bytes = 10 * 1024 * 1024  # larger request bodies get 413
+        self.trusted_proxies: tuple[Network, ...] = ()  # peers whose X-Forwarded-* are believed
         self._ids = random.Random()  # request ids: unique, not secret, far cheaper than urandom
 
     async def handle(self, exchange: Exchange) -> None:
-        request_id = exchange.header("x-request-id") or f"{self._ids.getrandbits(128):032x}"
+        head = split_request(exchange.headers)
+        request_id = safe_request_id(head.request_id) or f"{self._ids.getrandbits(128):032x}"
+        problem = request_problem(exchange.path, exchange.version, head.hosts)
+        if problem is not None:  # refused before routing: nothing of it reaches a replica
+            error_response(exchange, 400, problem, [("X-Request-ID", request_id)])
+            return
         pool = self.router.match(exchange.path)
         if pool is None:
             message = f"no route for {exchange.path}"
@@ -208,18 +191,18 @@ class Proxy:
             return self._error(call, 400, f"malformed request body: {exc}")
         except BodyTimeout as exc:
             return self._error(call, 408, f"request body timed out: {exc}")
+        except BodyBufferFull as exc:
+            return self._error(call, 503, f"no capacity: {exc}", [("Retry-After", "1")])
         except ConnectionResetError:
             exchange.abort()
             return self._finish(call, "", CLIENT_CLOSED)
         if body is None:
             return self._error(call, 413, f"request body larger than {self.max_body_bytes} bytes")
-        headers = _forwardable(exchange.headers, exchange.header("connection"), SET_BY_GATEWAY)
         peer = exchange.remote
-        forwarded_for = exchange.header("x-forwarded-for")
-        headers.append(("X-Forwarded-For", f"{forwarded_for}, {peer}" if forwarded_for else peer))
-        headers.append(("X-Forwarded-Proto", "http"))
+        headers = head.end_to_end
+        headers += forwarding_headers(head.forwarding, peer, is_trusted(peer, self.trusted_proxies))
         headers.append(("X-Request-ID", request_id))
-        call.host_missing = exchange.header("host") is None
+        call.host_missing = head.hosts == 0
         call.body, call.headers = body, headers
 
         pool.record_request()
@@ -361,7 +344,7 @@ class Proxy:
         exchange, pool = call.exchange, call.pool
         timeouts = pool.settings.timeouts
         headers = call.headers
-        if call.host_missing:  # an HTTP/1.0 client may omit Host; HTTP/1.1 requires it
+        if call.host_missing:  # an HTTP/1.0 client may omit Host (request_problem)
             headers = [*headers, ("Host", f"{replica.host}:{replica.port}")]
         assert call.deadline is not None  # set with the first slot
         t0, level = self.clock(), replica.inflight
@@ -400,7 +383,7 @@ class Proxy:
         pool, exchange = call.pool, call.exchange
         outcome: int | None = upstream.status
         try:
-            headers = _forwardable(upstream.headers, "", SET_BY_GATEWAY)
+            headers = response_headers(upstream.headers)
             headers.append(("X-Request-ID", call.request_id))
             if answer.cold_wait_s is not None:
                 headers.append(("X-Cold-Start-Wait", f"{answer.cold_wait_s:.3f}"))

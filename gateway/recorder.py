@@ -32,6 +32,11 @@ class Recorder:
     def rejected(self, pool: str, reason: str) -> None:
         """A request was refused with 503 (queue_full, queue_timeout, cold_start_full...)."""
 
+    def client_refused(self, reason: str) -> None:
+        """A client limit refused a request or let a connection go (``reason``: the
+        limit: request_line, header_size, header_fields, header_timeout, write_timeout,
+        body_timeout, body_buffer, connections, connections_per_ip, malformed)."""
+
     def ejection(self, pool: str, replica: str) -> None:
         """Passive outlier detection ejected a replica."""
 

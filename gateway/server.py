@@ -8,8 +8,7 @@ a narrow server, and this is it:
 * a request is handed to the handler as soon as its head has arrived, so a 404 or a 413
   does not wait for the body; the body is read on demand, with ``100 Continue`` sent when
   the client asked for it, and the socket is paused while nobody reads, so a large body
-  is pulled in only as fast as it is consumed; a client silent for ``BODY_TIMEOUT_S``
-  mid-body, or for ``IDLE_TIMEOUT_S`` before a request head is complete, is let go;
+  is pulled in only as fast as it is consumed;
 * requests on one connection are answered in order (pipelined ones wait their turn); a
   client that hangs up before its answer began has its request cancelled, so a queue
   place or a replica is not kept busy for an answer nobody will read;
@@ -18,13 +17,22 @@ a narrow server, and this is it:
   client slows the replica's stream rather than growing the gateway's memory;
 * a malformed request gets 400 and the connection closes; so does a connection whose
   answer went out before its request body was read to the end, since the bytes left on
-  it cannot be told apart from the next request.
+  it cannot be told apart from the next request;
+* every resource a client can hold is bounded (``config.ClientLimits``): the request
+  line (414), the header block and its field count (431), the time to send a head (408),
+  a pause mid-body, the time a client may read nothing while its answer waits (then the
+  connection is aborted and the replica's slot freed), pipelined requests, the request
+  bodies held across all clients (503), and connections, in all and per address (at the
+  cap the longest-idle keep-alive connection makes room, else 503). Timeouts are
+  enforced by one sweep over the connections a few times a second rather than by a
+  timer per request, so they cost the hot path a clock read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -35,12 +43,14 @@ from typing import cast
 import httptools
 import orjson
 
+from gateway.config import ClientLimits
+from gateway.recorder import NULL_RECORDER, Recorder
+
 log = logging.getLogger(__name__)
 
 HIGH_WATER = 256 * 1024  # write buffer above which a stream waits; body bytes held unread
-IDLE_TIMEOUT_S = 75.0  # a keep-alive connection with no request open is closed after this
-BODY_TIMEOUT_S = 30.0  # the longest silence while a request body is being read
-MAX_PIPELINED = 16  # requests queued on one connection before it stops being read
+SWEEP_S = 1.0  # the longest pause between two sweeps for expired connections
+LINGER_S = 2.0  # how long a refused client's further input is read and dropped
 REASONS = {s.value: s.phrase for s in HTTPStatus}
 NO_BODY_STATUS = frozenset({204, 304})
 
@@ -55,6 +65,10 @@ class BodyTimeout(Exception):
     """The client stopped sending its request body."""
 
 
+class BodyBufferFull(Exception):
+    """The request bodies held across all clients reached ``max_buffered_body_bytes``."""
+
+
 class Exchange:
     """One request and the answer to it. The handler reads the request's fields and body
     and answers once: ``respond`` with a whole body, or ``start``, ``write``\\* and ``end``
@@ -63,8 +77,10 @@ class Exchange:
     __slots__ = (
         "_bodiless",
         "_chunked",
-        "_chunks",
         "_conn",
+        "_first",
+        "_more",
+        "_over",
         "_size",
         "_waiter",
         "complete",
@@ -109,8 +125,10 @@ class Exchange:
         self.complete = False  # the whole request body has arrived
         self.started = False  # the answer's head went out
         self.finished = False
-        self._chunks: list[bytes] = []
-        self._size = 0
+        self._first = b""  # the body as it arrived in one piece, as most do ...
+        self._more: bytearray | None = None  # ... or in several: one buffer, not a list
+        self._size = 0  # of the body so far: counted in the server's buffered bytes
+        self._over = False  # the server's body buffer was full when a piece came
         self._waiter: asyncio.Future[None] | None = None
         self._chunked = False
         self._bodiless = method == "HEAD"  # and 204/304 answers: head only
@@ -133,37 +151,67 @@ class Exchange:
         if self.content_length is not None and self.content_length > limit:
             return None
         conn = self._conn
+        server = conn.server
+        expected = (self.content_length or 0) - self._size
+        if self._over or server.body_bytes + expected > server.limits.max_buffered_body_bytes:
+            server.recorder.client_refused("body_buffer")
+            raise BodyBufferFull("the gateway holds as many request bodies as it may")
         if self.expect_continue and not self.complete:
             self.expect_continue = False
             conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         while not self.complete:
             if self._size > limit:
                 return None
-            if conn.malformed:
-                raise BadRequest(conn.malformed)
+            if conn.refusal is not None:  # its framing, or its trailers, went wrong
+                raise BadRequest(conn.malformed or conn.refusal[1])
+            if self._over:
+                server.recorder.client_refused("body_buffer")
+                raise BodyBufferFull("the gateway holds as many request bodies as it may")
             if conn.lost:
                 raise ConnectionResetError("the client closed the connection")
             self._waiter = conn.loop.create_future()
             conn.resume_reading()
+            timeout_s = server.limits.body_timeout_s
             try:
-                async with asyncio.timeout(BODY_TIMEOUT_S):  # off the hot path: rare wait
+                async with asyncio.timeout(timeout_s):  # off the hot path: rare wait
                     await self._waiter
             except TimeoutError:
-                raise BodyTimeout(f"no body bytes for {BODY_TIMEOUT_S:g} s") from None
+                server.recorder.client_refused("body_timeout")
+                raise BodyTimeout(f"no body bytes for {timeout_s:g} s") from None
             finally:
                 self._waiter = None
         if self._size > limit:
             return None
-        return self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        return self._first if self._more is None else bytes(self._more)
 
     def _feed(self, data: bytes) -> None:
-        self._chunks.append(data)
+        if self.finished:  # answered before its body was read: the connection closes
+            return
+        if self._more is not None:
+            self._more += data
+        elif self._size:  # a second piece: from here on, one growing buffer
+            self._more = bytearray(self._first)
+            self._more += data
+            self._first = b""
+        else:
+            self._first = data
         self._size += len(data)
+        server = self._conn.server
+        server.body_bytes += len(data)
+        if server.body_bytes > server.limits.max_buffered_body_bytes:
+            self._over = True
+            self._conn.pause_reading()
         if self._waiter is not None:
             if not self._waiter.done():
                 self._waiter.set_result(None)
         elif self._size > HIGH_WATER:
             self._conn.pause_reading()  # nobody is reading it yet: hold the client back
+
+    def _release(self) -> None:
+        """The exchange is over: its body no longer counts against the server's buffer."""
+        self._conn.server.body_bytes -= self._size
+        self._size = 0
+        self._first, self._more = b"", None
 
     def _arrived(self) -> None:
         self.complete = True
@@ -237,11 +285,18 @@ class Exchange:
     def _finish(self) -> None:
         self.finished = True
         if not self.keep_alive:
-            self._conn.close()
+            if self.complete:
+                self._conn.close()
+            else:  # answered before the body was read: the client may still be sending
+                self._conn.linger()
 
 
 class _Connection(asyncio.Protocol):
-    """One client connection: parses requests, runs the handler on each in turn."""
+    """One client connection: parses requests, runs the handler on each in turn.
+
+    Deadlines are read by the server's sweep (``expire``): ``head_since`` while a request
+    head is arriving (from the accept for the first one), ``idle_since`` while no
+    request is open, ``stalled_since`` while the client reads nothing of its answer."""
 
     def __init__(self, server: HttpServer) -> None:
         self.server = server
@@ -249,18 +304,28 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.remote = ""
+        self.counted = False  # in the server's connection counts
         self.lost = False
         self.queue: deque[Exchange] = deque()  # parsed, not yet answered; [0] is current
         self.parsing: Exchange | None = None  # the one whose body is arriving
         self.task: asyncio.Task[None] | None = None
-        self.idle_timer: asyncio.TimerHandle | None = None
         self.reading_paused = False
         self.drain: asyncio.Future[None] | None = None
         self.writing_paused = False
         self.malformed = ""  # why the connection's input stopped making sense
-        self.owes_400 = True  # no request has answered for it yet
-        self._url = b""
+        self.refusal: tuple[int, str] | None = None  # the last answer, once input stopped
+        self.owes_answer = True  # no request has answered for the refusal's cause yet
+        self.head_since: float | None = self.loop.time()
+        self.idle_since = self.head_since
+        self.stalled_since = 0.0
+        self.lingering_since: float | None = None
+        self.received = False  # any byte yet: a connection that sent none is the cheapest to drop
+        self._head_size = 0  # bytes of request line and header fields seen so far
+        self._head_raw = 0  # bytes of the chunks fed while the head was incomplete
+        self._head_began = False  # a head began in the chunk being fed
+        self._url = bytearray()
         self._headers: list[tuple[str, str]] = []
+        self._pieces: list[bytes] = []  # body bytes parsed in this read, not handed over
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -269,10 +334,18 @@ class _Connection(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=HIGH_WATER)
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if isinstance(peer, tuple) else ""
-        self.server.connections.add(self)
-        self._idle()
+        refused = self.server.admit(self)
+        if refused:
+            self.transport.pause_reading()
+            self.refusal = (503, "too many connections")
+            self.server.recorder.client_refused(refused)
+            self._refuse(linger=False)  # it has sent nothing yet: a plain close is clean
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering_since is not None:
+            return  # refused: what still comes is dropped
+        self.received = True
+        self._head_began = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -282,7 +355,19 @@ class _Connection(asyncio.Protocol):
                 self.queue[-1].keep_alive = False
             self.pause_reading()
         except httptools.HttpParserError as exc:
-            self._bad_request(str(exc))
+            self._pieces.clear()
+            if self.refusal is None:  # else a callback stopped the parser on purpose
+                self.malformed = str(exc)
+                self._stop(400, f"malformed request: {exc}", "malformed")
+            return
+        self._hand_over()
+        if self.head_since is not None and not self._head_began:
+            # one head arrived before, through and after this chunk: all of it is head,
+            # which llhttp holds in pieces until a header is whole: bound them here too
+            self._head_raw += len(data)
+            limits = self.server.limits
+            if self._head_raw > limits.max_request_line_bytes + limits.max_header_bytes:
+                self._stop(431, "request header fields too large", "header_size")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -290,16 +375,17 @@ class _Connection(asyncio.Protocol):
             # the client hung up while its request waited or ran: stop it, freeing the
             # queue place or the replica, since nobody will read the answer
             self.task.cancel()
-        self.server.connections.discard(self)
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
+        self.server.forget(self)
         for exchange in self.queue:
             exchange._wake()
+        if self.task is None:
+            self._release_queue()
         if self.drain is not None and not self.drain.done():
             self.drain.set_result(None)
 
     def pause_writing(self) -> None:
         self.writing_paused = True
+        self.stalled_since = self.loop.time()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
@@ -309,12 +395,29 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._url, self._headers = b"", []
+        self._url, self._headers = bytearray(), []
+        self._head_size = self._head_raw = 0
+        self._head_began = True
+        if self.head_since is None:
+            self.head_since = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > self.server.limits.max_request_line_bytes:
+            self._stop(414, "request target too long", "request_line")
+            raise _Stopped
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        limits = self.server.limits
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > limits.max_header_bytes:
+            self._stop(431, "request header fields too large", "header_size")
+            raise _Stopped
+        if self.parsing is not None:
+            return  # a trailer of a chunked body: never forwarded, as a header would be
+        if len(self._headers) >= limits.max_header_fields:
+            self._stop(431, "too many request header fields", "header_fields")
+            raise _Stopped
         self._headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
@@ -327,23 +430,32 @@ class _Connection(asyncio.Protocol):
             self._headers,
             parser.should_keep_alive(),
         )
+        self.head_since = None
+        self._head_size = 0  # from here on, what comes is the trailers' share
         self.parsing = exchange
         self.queue.append(exchange)
-        if len(self.queue) > MAX_PIPELINED:
+        if len(self.queue) > self.server.limits.max_pipelined:
             self.pause_reading()
         if self.task is None:
-            if self.idle_timer is not None:
-                self.idle_timer.cancel()
             self.task = self.loop.create_task(self._serve())
 
     def on_body(self, body: bytes) -> None:
-        if self.parsing is not None:
-            self.parsing._feed(body)
+        self._pieces.append(body)  # handed over once per read: chunks may be tiny
 
     def on_message_complete(self) -> None:
+        self._hand_over()
         if self.parsing is not None:
             self.parsing._arrived()
             self.parsing = None
+
+    def _hand_over(self) -> None:
+        """Give the body pieces parsed so far to their exchange, in one piece: a body
+        of a million 2-byte chunks costs one exchange call per read, not per chunk."""
+        pieces = self._pieces
+        if pieces:
+            if self.parsing is not None:
+                self.parsing._feed(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+            pieces.clear()
 
     # -- serving -----------------------------------------------------------------------
 
@@ -371,40 +483,85 @@ class _Connection(asyncio.Protocol):
                     exchange.keep_alive = False
                     error_response(exchange, 500, "internal error")
             self.queue.popleft()
-            self.resume_reading()
+            exchange._release()
             if server.active == 0:
                 server.wake_drain()
+            if self.writing_paused:
+                # the next pipelined answer waits for this one to leave: a client that
+                # pipelines and never reads grows no buffer, and the sweep cuts it off
+                await self.drained()
+            self.resume_reading()
         self.task = None
         if self.lost:
+            self._release_queue()
             return
-        if self.malformed:
+        if self.refusal is not None:
             self._refuse()
         elif server.closing:
             self.close()
         else:
-            self._idle()
+            self.idle_since = self.loop.time()
 
-    def _bad_request(self, reason: str) -> None:
-        """Answer what was well-formed first, then say why, then close."""
-        self.malformed = reason
+    def _stop(self, status: int, message: str, reason: str) -> None:
+        """Stop reading: what was well-formed is answered first, then ``status`` with
+        ``message``, then the connection closes. ``reason`` is what the metric counts."""
+        if self.refusal is not None:
+            return
+        self.server.recorder.client_refused(reason)
+        self.refusal = (status, message)
         self.pause_reading()
         if self.parsing is not None:  # the error is in this request's body: its reader
             self.parsing._wake()  # gets BadRequest, and its answer ends the connection
             self.parsing = None
-            self.owes_400 = False
+            self.owes_answer = False
         if self.task is None:
             self._refuse()
 
-    def _refuse(self) -> None:
-        if not self.owes_400:
-            self.close()
+    def _refuse(self, linger: bool = True) -> None:
+        if not self.owes_answer or self.refusal is None:
+            self.linger()
             return
-        body = orjson.dumps({"error": f"malformed request: {self.malformed}", "status": 400})
+        status, message = self.refusal
+        body = orjson.dumps({"error": message, "status": status})
         self.write(
-            b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
-            b"Connection: close\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+            b"HTTP/1.1 %d %b\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n%b"
+            % (status, REASONS.get(status, "Error").encode(), len(body), body)
         )
-        self.close()
+        if linger:
+            self.linger()
+        else:
+            self.close()
+
+    def _release_queue(self) -> None:
+        for exchange in self.queue:
+            exchange._release()
+        self.queue.clear()
+
+    def expire(self, now: float, limits: ClientLimits) -> None:
+        """Let the connection go if it has outlived a deadline (the server's sweep)."""
+        if self.lost or self.transport is None:
+            return
+        if self.lingering_since is not None:
+            if now - self.lingering_since >= LINGER_S:
+                self.close()
+        elif self.writing_paused and now - self.stalled_since >= limits.write_timeout_s:
+            # the client reads nothing of its answer: abort, so that its request ends
+            # and gives its replica's slot back (a clean close would wait for the buffer)
+            self.server.recorder.client_refused("write_timeout")
+            self.transport.abort()
+        elif self.head_since is not None and now - self.head_since >= limits.header_timeout_s:
+            if self.task is None and not self._url:
+                self.server.recorder.client_refused("header_timeout")
+                self.close()  # it sent nothing: nobody to tell
+            else:
+                self._stop(408, "request head not complete in time", "header_timeout")
+        elif (
+            self.task is None
+            and self.head_since is None
+            and now - self.idle_since >= limits.idle_timeout_s
+        ):
+            self.close()
 
     # -- I/O helpers -------------------------------------------------------------------
 
@@ -423,7 +580,12 @@ class _Connection(asyncio.Protocol):
             self.reading_paused = True
 
     def resume_reading(self) -> None:
-        if self.reading_paused and len(self.queue) <= MAX_PIPELINED and not self.lost:
+        if (
+            self.reading_paused
+            and self.refusal is None
+            and len(self.queue) <= self.server.limits.max_pipelined
+            and not self.lost
+        ):
             assert self.transport is not None
             self.transport.resume_reading()
             self.reading_paused = False
@@ -432,21 +594,49 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()  # after what is buffered has been written
 
-    def _idle(self) -> None:
-        self.idle_timer = self.loop.call_later(IDLE_TIMEOUT_S, self.close)
+    def linger(self) -> None:
+        """Close a connection whose client may still be sending: half-close, then read
+        and drop its input for ``LINGER_S``. Closing with input unread would reset the
+        connection, and the client could lose the answer just written (nginx's
+        ``lingering_close`` for the same reason)."""
+        transport = self.transport
+        if transport is None or self.lost or self.lingering_since is not None:
+            return
+        if not transport.can_write_eof():
+            self.close()
+            return
+        self.lingering_since = self.loop.time()
+        transport.write_eof()
+        transport.resume_reading()
+        self.reading_paused = False
+
+
+class _Stopped(Exception):
+    """Raised from a parser callback to stop parsing at once (the refusal is set)."""
 
 
 class HttpServer:
     """Listens on one address; ``close`` stops accepting, lets open requests finish
-    (bounded), then closes every connection."""
+    (bounded), then closes every connection. ``limits`` may be replaced while it runs
+    (a reload); they apply to what happens next."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        limits: ClientLimits | None = None,
+        recorder: Recorder = NULL_RECORDER,
+    ) -> None:
         self.handler = handler
+        self.limits = limits or ClientLimits()
+        self.recorder = recorder
         self.connections: set[_Connection] = set()
+        self.per_address: dict[str, int] = {}
         self.active = 0  # requests being answered
+        self.body_bytes = 0  # request body bytes held, across all connections
         self.closing = False
         self._server: asyncio.base_events.Server | None = None
         self._drained: asyncio.Event | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> int:
         """Starts listening; returns the bound port (``port`` may be 0)."""
@@ -454,13 +644,68 @@ class HttpServer:
         self._server = await loop.create_server(
             lambda: _Connection(self), host, port, backlog=1024, reuse_address=True
         )
+        self._sweeper = loop.create_task(self._sweep())
         bound: int = self._server.sockets[0].getsockname()[1]
         return bound
+
+    def admit(self, conn: _Connection) -> str:
+        """Count a new connection in, or say why not ("" when admitted). At the cap the
+        keep-alive connection idle the longest is closed to make room: idle ones are
+        the cheapest to lose, and a flood of them must not lock new clients out."""
+        limits = self.limits
+        if len(self.connections) >= limits.max_connections and not self._close_longest_idle():
+            return "connections"
+        per_address = self.per_address.get(conn.remote, 0)
+        if limits.max_connections_per_ip and per_address >= limits.max_connections_per_ip:
+            return "connections_per_ip"
+        self.connections.add(conn)
+        self.per_address[conn.remote] = per_address + 1
+        conn.counted = True
+        return ""
+
+    def forget(self, conn: _Connection) -> None:
+        if not conn.counted:
+            return
+        conn.counted = False
+        self.connections.discard(conn)
+        left = self.per_address[conn.remote] - 1
+        if left:
+            self.per_address[conn.remote] = left
+        else:
+            del self.per_address[conn.remote]
+
+    def _close_longest_idle(self) -> bool:
+        idle = [
+            c
+            for c in self.connections
+            if c.task is None
+            and c.lingering_since is None
+            and (c.head_since is None or not c.received)
+        ]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda c: c.idle_since)
+        self.forget(oldest)  # now, not when its close completes: the newcomer takes its place
+        oldest.close()
+        return True
+
+    async def _sweep(self) -> None:
+        """Let connections go past their deadlines, a few times per shortest timeout."""
+        loop = asyncio.get_running_loop()
+        while True:
+            limits = self.limits
+            shortest = min(limits.header_timeout_s, limits.write_timeout_s, limits.idle_timeout_s)
+            await asyncio.sleep(min(SWEEP_S, shortest / 4))
+            now = loop.time()
+            for conn in list(self.connections):
+                conn.expire(now, limits)
 
     async def close(self, drain_s: float) -> None:
         self.closing = True
         if self._server is not None:
             self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for conn in list(self.connections):
             if conn.task is None:
                 conn.close()  # idle keep-alive: nothing to finish
@@ -479,6 +724,20 @@ class HttpServer:
     def wake_drain(self) -> None:
         if self._drained is not None:
             self._drained.set()
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's descriptor limit to its hard limit, so that
+    ``max_connections`` rather than a low default decides who is turned away; returns
+    the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            log.warning("could not raise the open-files limit from %d to %d", soft, hard)
+    return soft
 
 
 _date_cache: tuple[int, str] = (0, "")

@@ -14,7 +14,9 @@ that, on asyncio protocols with llhttp (through httptools) as the parser:
   paused above a high-water mark so a slow client cannot make the gateway buffer a stream;
 * a connection goes back to the pool only when its response was read to the end and the
   replica allows keep-alive; anything else closes it, so no stale bytes reach the next
-  request.
+  request. That holds at an exact message boundary: a byte past a response's end, or one
+  that arrives while no request is outstanding, closes the connection too, or the replica's
+  extra bytes would begin the "response" that the next client reads.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import httptools
 
 HIGH_WATER = 256 * 1024  # buffered body bytes above which the socket is paused
 LOW_WATER = HIGH_WATER // 4
+MAX_LENGTH_DIGITS = 18  # a longer Content-Length is no real body (and int() balks at 4300)
 
 
 class UpstreamError(Exception):
@@ -44,7 +47,9 @@ class Disconnected(UpstreamError):
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection; parses one response at a time."""
+    """One keep-alive connection; parses one response at a time. Status, headers and
+    length are this exchange's from ``on_headers_complete`` on: the parser never moves on
+    to another message while the connection stays open."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -52,7 +57,9 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.head: asyncio.Future[None] | None = None
+        self.status = 0
         self.headers: list[tuple[str, str]] = []
+        self.content_length: int | None = None
         self.body: deque[bytes] = deque()
         self.buffered = 0
         self.paused = False
@@ -73,10 +80,16 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
 
     def data_received(self, data: bytes) -> None:
+        if self.complete or self.head is None:
+            self.close()  # bytes that answer no request: no later request may read them
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(Disconnected(f"malformed response: {exc}"))
+            cause = exc.__context__  # what one of our callbacks raised, if one did
+            if not isinstance(cause, UpstreamError):
+                cause = Disconnected(f"malformed response: {exc}")
+            self._fail(cause)
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -93,21 +106,40 @@ class _Connection(asyncio.Protocol):
         """Has the response neither a length nor chunked framing (its body runs to EOF)?"""
         if self.head is None or self.head.cancelled() or self.head.exception() is not None:
             return False
-        if self.parser.get_status_code() in (204, 304):
+        if self.status in (204, 304):
             return False
         names = {name.lower(): value.lower() for name, value in self.headers}
         return "content-length" not in names and "chunked" not in names.get("transfer-encoding", "")
 
     # -- httptools callbacks -----------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        """A second message after the complete one: the replica sent more than it framed.
+        Raising stops the parser before that message's headers or body land in this
+        exchange's; the complete response stays valid, the connection is closed."""
+        if self.complete:
+            raise Disconnected("malformed response: bytes past the end of the response")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
+        """Status and length are taken here, where the parser is surely on this message.
+        A 101 (never asked for) or an absurd Content-Length fails the exchange."""
         status = self.parser.get_status_code()
+        if status == 101:
+            raise Disconnected("malformed response: 101 Switching Protocols, never asked for")
         if 100 <= status < 200:
             self.headers = []  # an interim answer (100 Continue): the real one follows
-        elif self.head is not None and not self.head.done():
+            return
+        self.status, self.content_length = status, None
+        for name, value in self.headers:
+            if name.lower() == "content-length":  # llhttp allows one: digits, then OWS
+                value = value.rstrip()
+                if len(value) > MAX_LENGTH_DIGITS:
+                    raise Disconnected(f"malformed response: a {len(value)}-digit Content-Length")
+                self.content_length = int(value)
+        if self.head is not None and not self.head.done():
             self.head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
@@ -120,7 +152,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if 100 <= self.parser.get_status_code() < 200:
-            return
+            return  # an interim answer: the parser is still on it here
         self.complete = True
         self.keep_alive = self.parser.should_keep_alive()
         self._wake()
@@ -142,8 +174,13 @@ class _Connection(asyncio.Protocol):
             self.waiter.set_result(None)
 
     def take(self) -> bytes:
-        chunk = self.body.popleft()
-        self.buffered -= len(chunk)
+        """Every body byte buffered so far, in one piece: a stream of tiny events (SSE
+        tokens) that arrived faster than the client took them is relayed in one write,
+        not one loop turn per event."""
+        body = self.body
+        chunk = body.popleft() if len(body) == 1 else b"".join(body)
+        body.clear()
+        self.buffered = 0
         if self.paused and self.buffered < LOW_WATER and self.transport is not None:
             self.transport.resume_reading()
             self.paused = False
@@ -165,12 +202,9 @@ class UpstreamResponse:
         self._upstream, self._key, self._conn = upstream, key, conn
         self._read_timeout_s = read_timeout_s
         self._released = False
-        self.status: int = conn.parser.get_status_code()
+        self.status = conn.status
         self.headers = conn.headers
-        self.content_length: int | None = None
-        for name, value in conn.headers:
-            if name.lower() == "content-length" and value.isdigit():
-                self.content_length = int(value)
+        self.content_length = conn.content_length
 
     async def readany(self) -> bytes:
         """The next piece of the body; b"" at its end."""

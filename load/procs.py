@@ -158,16 +158,36 @@ def cpu_seconds(pid: int) -> float | None:
     return None
 
 
+def descendants(pid: int) -> list[int]:
+    """The live descendants of a process (nginx's workers), from /proc."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError, ValueError):
+            for child in map(int, (task / "children").read_text().split()):
+                found += [child, *descendants(child)]
+    return found
+
+
 def tree_cpu_seconds(pid: int) -> float | None:
-    """CPU time of a process and of its live descendants (nginx's workers), or None."""
+    """CPU time of a process and of its live descendants, or None."""
     total = cpu_seconds(pid)
     if total is None:
         return None
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError, ValueError):
-            for child in (task / "children").read_text().split():
-                total += tree_cpu_seconds(int(child)) or 0.0
-    return total
+    return total + sum(cpu_seconds(child) or 0.0 for child in descendants(pid))
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (0 when it is gone)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and of its live descendants."""
+    return rss_bytes(pid) + sum(rss_bytes(child) for child in descendants(pid))
 
 
 def write_report(path: Path, settings: dict[str, Any], results: dict[str, Any]) -> None:

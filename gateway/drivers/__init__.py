@@ -3,8 +3,8 @@
 The autoscaler speaks only this interface; each implementation hides one runtime
 (``docker``: containers through the Docker API; ``process``: local subprocesses). A driver
 is a thin, stateless-as-possible adapter: it never decides anything. It touches only
-replicas it created, which carry the gateway's labels, so several gateways (or other
-software) can share one engine safely.
+replicas it created, which carry the gateway's labels and its instance id
+(``drivers.identity``), so several gateways (or other software) can share one engine safely.
 
 All methods are coroutines; a driver whose library blocks (the docker SDK) runs those calls
 in threads, never on the event loop.
@@ -21,6 +21,7 @@ from typing import Literal, Protocol
 MANAGED_BY = "io.inference-gateway.managed-by"
 POOL = "io.inference-gateway.pool"
 REPLICA = "io.inference-gateway.replica"
+INSTANCE = "io.inference-gateway.instance"  # the gateway's instance id: whose replica it is
 GPUS = "io.inference-gateway.gpus"  # comma-separated device ids, "" for none
 MANAGER = "inference-gateway"
 
@@ -37,7 +38,7 @@ class ReplicaSpec:
     command: tuple[str, ...] = ()
     port: int = 8000  # the port the server listens on inside its container
     env: Mapping[str, str] = field(default_factory=dict)
-    network: str = "host"
+    network: str = "bridge"
     gpu_ids: tuple[str, ...] = ()
     start: bool = True  # False: create only (used where no GPU runtime exists)
 

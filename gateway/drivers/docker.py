@@ -6,24 +6,26 @@ this module carries out. Every blocking SDK call runs in a worker thread
 daemon thread of its own so it never holds an executor thread or delays loop shutdown.
 
 What the engine holds is the gateway's only record outside memory, so everything it needs
-after a restart is in the container labels: managed-by, pool, replica id, GPU ids and the
-port the server listens on inside the container (``PORT_LABEL``, private to this driver).
+after a restart is in the container labels: managed-by, the gateway's instance id, pool,
+replica id and GPU ids.
 
-Safety: ``list`` filters on our labels in the engine, and ``stop`` inspects a container
-and refuses to touch it unless its labels say we manage it and it is the replica asked
-for. Nothing is ever looked up or removed by a broad name.
+Safety: ``list`` and ``events`` filter on our labels and our instance id in the engine, and
+``stop`` inspects a container and refuses to touch it unless its labels say this instance
+manages it and it is the replica asked for. Nothing is ever looked up or removed by a broad
+name, and a look-alike with our labels but another instance id is invisible.
 
-Reaching a replica (``Instance.url``, set only while a container is running):
-- network ``host``: the driver picks a free host port, passes it as ``$PORT`` (and in place
-  of ``{port}`` in the command), and ``HOST=127.0.0.1`` unless ``spec.env`` sets one, so a
-  replica is not exposed on the host's public interfaces; the URL is
-  ``http://127.0.0.1:<port>``;
-- any other network: the server listens on ``spec.port`` (also passed as ``$PORT``), which
-  is published on 127.0.0.1 on a port the engine picks. ``reach="published"`` (the gateway
-  runs on the host) uses that loopback port; ``reach="network"`` (the gateway runs in a
-  container on the same user-defined network, the compose case) uses
-  ``http://<container name>:<spec.port>`` (the container's IP on the default ``bridge``,
-  where names do not resolve).
+Reaching a replica (``Instance.url``, set only while a container is running) takes the port
+from what the engine reports of the container, never from a label:
+- any network but ``host`` (the default: ``bridge``): the server listens on ``spec.port``
+  (also passed as ``$PORT``), published on 127.0.0.1 on a port the engine picks, so nothing
+  is exposed beyond the host's loopback. ``reach="published"`` (the gateway runs on the
+  host) uses that port mapping; ``reach="network"`` (the gateway runs in a container on the
+  same user-defined network, the compose case) uses ``http://<container name>:<its private
+  port>`` (the container's IP on the default ``bridge``, where names do not resolve);
+- network ``host``, only when asked for: the driver picks a free host port, passes it as
+  ``$PORT`` (and in place of ``{port}`` in the command), and ``HOST=127.0.0.1`` unless
+  ``spec.env`` sets one; there is no port mapping, so the URL is
+  ``http://127.0.0.1:<$PORT of the container's config>``, read by inspect once per container.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import docker.types
 
 from gateway.drivers import (
     GPUS,
+    INSTANCE,
     MANAGED_BY,
     MANAGER,
     POOL,
@@ -56,7 +59,6 @@ from gateway.drivers import (
 
 log = logging.getLogger(__name__)
 
-PORT_LABEL = "io.inference-gateway.port"  # the port the server listens on in its container
 EVENT_ACTIONS = ("start", "die", "stop", "destroy")
 EVENTS_RETRY_S = (0.5, 10.0)  # reconnect backoff of the event stream: first, cap
 _END = object()  # the event thread's stream ended
@@ -84,7 +86,7 @@ def _state(status: str) -> InstanceState:
 
 
 class DockerDriver:
-    """The ``Driver`` protocol over the Docker Engine API.
+    """The ``Driver`` protocol over the Docker Engine API, for the gateway ``instance``.
 
     ``client`` (a ``docker.DockerClient``) or ``base_url`` select the engine; by default
     ``docker.from_env()`` (``DOCKER_HOST`` or the local socket). The client is made on
@@ -97,10 +99,12 @@ class DockerDriver:
         self,
         client: Any = None,
         *,
+        instance: str,
         base_url: str | None = None,
         reach: Reach = "published",
         init: bool = True,
     ) -> None:
+        self.instance = instance
         self.reach = reach
         self.init = init
         self._base_url = base_url
@@ -110,6 +114,7 @@ class DockerDriver:
         self._closing = asyncio.Event()
         self._streams: set[Any] = set()
         self._cleanups: set[asyncio.Task[None]] = set()
+        self._host_ports: dict[str, int | None] = {}  # container id -> its $PORT (host network)
 
     async def _client(self) -> Any:
         if self._client_obj is None:
@@ -129,11 +134,9 @@ class DockerDriver:
         for every reconcile tick."""
         api = (await self._client()).api
         rows = await asyncio.to_thread(
-            api.containers,
-            all=True,
-            filters={"label": [f"{MANAGED_BY}={MANAGER}", f"{POOL}={pool}"]},
+            api.containers, all=True, filters={"label": [*self._ours(), f"{POOL}={pool}"]}
         )
-        return [self._instance(row) for row in rows]
+        return [await self._instance(row) for row in rows]
 
     async def start(self, spec: ReplicaSpec) -> Instance:
         """Create, then start unless ``spec.start`` is False. A start that fails or is
@@ -144,10 +147,10 @@ class DockerDriver:
         port = _free_port() if host_net else spec.port
         labels = {
             MANAGED_BY: MANAGER,
+            INSTANCE: self.instance,
             POOL: spec.pool,
             REPLICA: spec.replica_id,
             GPUS: ",".join(spec.gpu_ids),
-            PORT_LABEL: str(port),
         }
         env = {**spec.env, "PORT": str(port)}
         if host_net:  # sharing the host's interfaces: listen on loopback unless told otherwise
@@ -178,6 +181,8 @@ class DockerDriver:
         except asyncio.CancelledError:  # the thread goes on: remove what it creates
             creating.add_done_callback(self._discard_created)
             raise
+        if host_net:
+            self._host_ports[container.id] = port
         try:
             if spec.start:
                 await asyncio.to_thread(container.start)
@@ -190,7 +195,7 @@ class DockerDriver:
             raise
         if not rows:  # removed by someone else in between: report it as gone
             return Instance(spec.replica_id, spec.pool, "exited", None, spec.gpu_ids, container.id)
-        return self._instance(rows[0])
+        return await self._instance(rows[0])
 
     async def stop(self, instance: Instance, timeout_s: float) -> None:
         """SIGTERM, SIGKILL after ``timeout_s`` (whole seconds, rounded up), then remove.
@@ -200,10 +205,12 @@ class DockerDriver:
         try:
             attrs = await asyncio.to_thread(api.inspect_container, ref)
             labels = (attrs.get("Config") or {}).get("Labels") or {}
-            if labels.get(MANAGED_BY) != MANAGER or labels.get(REPLICA) != instance.replica_id:
+            ours = labels.get(MANAGED_BY) == MANAGER and labels.get(INSTANCE) == self.instance
+            if not ours or labels.get(REPLICA) != instance.replica_id:
                 log.warning("docker: not stopping %s: not our replica %s", ref, instance.replica_id)
                 return
             cid = attrs["Id"]
+            self._host_ports.pop(cid, None)
             if (attrs.get("State") or {}).get("Running"):
                 await asyncio.to_thread(api.stop, cid, timeout=max(0, math.ceil(timeout_s)))
             await asyncio.to_thread(api.remove_container, cid, force=True)
@@ -239,6 +246,10 @@ class DockerDriver:
 
     # -- helpers -----------------------------------------------------------------------
 
+    def _ours(self) -> tuple[str, str]:
+        """The engine's label filter for containers of this gateway instance."""
+        return (f"{MANAGED_BY}={MANAGER}", f"{INSTANCE}={self.instance}")
+
     def _discard_created(self, creating: asyncio.Future[Any]) -> None:
         """A start cancelled while its container was being created must not leave that
         container behind, unseen by the autoscaler until the next restart."""
@@ -254,7 +265,7 @@ class DockerDriver:
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
 
-    def _instance(self, row: dict[str, Any]) -> Instance:
+    async def _instance(self, row: dict[str, Any]) -> Instance:
         """An Instance from a row of the engine's container listing (``/containers/json``)."""
         labels: dict[str, str] = row.get("Labels") or {}
         state = _state(str(row.get("State", "")))
@@ -263,30 +274,46 @@ class DockerDriver:
             replica_id=labels.get(REPLICA, ""),
             pool=labels.get(POOL, ""),
             state=state,
-            url=self._url(row, labels) if state == "running" else None,
+            url=await self._url(row) if state == "running" else None,
             gpu_ids=gpus,
             handle=str(row["Id"]),
         )
 
-    def _url(self, row: dict[str, Any], labels: dict[str, str]) -> str | None:
-        try:
-            port = int(labels[PORT_LABEL])
-        except (KeyError, ValueError):
-            return None
+    async def _url(self, row: dict[str, Any]) -> str | None:
         if (row.get("HostConfig") or {}).get("NetworkMode") == "host":
-            return f"http://127.0.0.1:{port}"
-        if self.reach == "network":
-            networks: dict[str, Any] = (row.get("NetworkSettings") or {}).get("Networks") or {}
-            if set(networks) <= {"bridge"}:  # the default bridge has no DNS for names
-                address = (networks.get("bridge") or {}).get("IPAddress")
-                return f"http://{address}:{port}" if address else None
-            names = row.get("Names") or []
-            return f"http://{names[0].lstrip('/')}:{port}" if names else None
-        for binding in row.get("Ports") or []:
-            published = binding.get("PrivatePort") == port and binding.get("PublicPort")
-            if published and binding.get("IP") in ("127.0.0.1", None, ""):
-                return f"http://127.0.0.1:{binding['PublicPort']}"
-        return None
+            port = await self._host_port(str(row["Id"]))
+            return None if port is None else f"http://127.0.0.1:{port}"
+        # the one port we publish, on loopback: (port in the container, port on the host)
+        published = [
+            (binding["PrivatePort"], binding["PublicPort"])
+            for binding in row.get("Ports") or []
+            if binding.get("PublicPort") and binding.get("IP") in ("127.0.0.1", None, "")
+        ]
+        if not published:
+            return None
+        private, public = published[0]
+        if self.reach == "published":
+            return f"http://127.0.0.1:{public}"
+        networks: dict[str, Any] = (row.get("NetworkSettings") or {}).get("Networks") or {}
+        if set(networks) <= {"bridge"}:  # the default bridge has no DNS for names
+            address = (networks.get("bridge") or {}).get("IPAddress")
+            return f"http://{address}:{private}" if address else None
+        names = row.get("Names") or []
+        return f"http://{names[0].lstrip('/')}:{private}" if names else None
+
+    async def _host_port(self, cid: str) -> int | None:
+        """The ``$PORT`` a host-networked container was created with, from its inspect (the
+        listing has no config); kept per container, whose config never changes."""
+        if cid not in self._host_ports:
+            api = (await self._client()).api
+            try:
+                attrs = await asyncio.to_thread(api.inspect_container, cid)
+            except docker.errors.NotFound:
+                return None
+            env = (attrs.get("Config") or {}).get("Env") or []
+            ports = [item.removeprefix("PORT=") for item in env if item.startswith("PORT=")]
+            self._host_ports[cid] = int(ports[-1]) if ports and ports[-1].isdigit() else None
+        return self._host_ports[cid]
 
     async def _event_stream(self, since: str) -> AsyncIterator[str]:
         """``since``: the engine's ``seconds.nanoseconds`` form, exact on reconnects."""
@@ -294,7 +321,7 @@ class DockerDriver:
         queue: asyncio.Queue[object] = asyncio.Queue()
         filters = {
             "type": "container",
-            "label": [f"{MANAGED_BY}={MANAGER}"],
+            "label": list(self._ours()),
             "event": list(EVENT_ACTIONS),
         }
 

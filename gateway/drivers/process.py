@@ -2,12 +2,21 @@
 
 The no-Docker runtime, for the quick start and for fast tests, with the Docker driver's
 semantics: the autoscaler cannot tell them apart. Where containers carry labels, a
-process carries a small JSON record in ``state_dir`` (pool, replica id, pid, port, GPU
-ids, and the kernel's start time of the pid, so a recycled pid is never mistaken for
-ours). In the command, ``{port}`` is replaced by a free loopback port and ``{python}`` by
-the gateway's own interpreter. Each child runs in a session of its own, so it outlives a
-gateway that is killed, and the next gateway adopts it from its record, as it adopts
-containers.
+process carries a small JSON record in ``state_dir`` (instance id, pool, replica id, pid,
+the pid's kernel start time for outside observers such as ``load/burst.py``, port, GPU
+ids); records of another instance id are ignored. In the command, ``{port}`` is
+replaced by a free loopback port and ``{python}`` by the gateway's own interpreter. Each
+child runs in a session of its own, so it outlives a gateway that is killed, and the next
+gateway adopts it from its record, as it adopts containers.
+
+Isolation: a replica gets a minimal environment (``INHERITED``, then the pool's
+``autoscale.env``), never the gateway's own, which holds the admin token and other secrets.
+
+A record is not trusted for the pid it names: a pid counts as our replica only while it is
+our unreaped child, or while its ``/proc/PID/environ`` carries the marker ``MARKER`` =
+``<instance id>/<replica id>`` it was started with. A recycled pid, or a record naming
+someone else's process, is never signalled. (So a command that clears its environment is
+not recognised after a gateway restart: it is then left running, unadopted.)
 """
 
 from __future__ import annotations
@@ -27,6 +36,10 @@ import orjson
 from gateway.drivers import MANAGER, Instance, ReplicaSpec
 
 STOP_POLL_S = 0.05
+# What a replica inherits of the gateway's environment: enough to find programs, a home,
+# a locale, a temp dir and the gateway's Python packages; ``LC_*`` too. Nothing else.
+INHERITED = frozenset({"PATH", "HOME", "LANG", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV"})
+MARKER = "INFERENCE_GATEWAY_REPLICA"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -36,19 +49,40 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def replica_env(spec: ReplicaSpec, port: int, marker: str) -> dict[str, str]:
+    """The whole environment of a replica: ``INHERITED``, ``spec.env``, then ours."""
+    env = {k: v for k, v in os.environ.items() if k in INHERITED or k.startswith("LC_")}
+    env.update(spec.env)
+    env["PORT"] = str(port)
+    if spec.gpu_ids:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpu_ids)
+    env[MARKER] = marker
+    return env
+
+
 def _start_time(pid: int) -> str | None:
     """The kernel's start time of ``pid`` (field 22 of /proc/PID/stat), None if gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] == "Z" else fields[19]
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _carries(pid: int, marker: str) -> bool:
+    """Whether process ``pid`` was started with ``MARKER=marker`` (False if gone, a
+    zombie, or not ours to read)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return f"{MARKER}={marker}".encode() in environ.split(b"\0")
 
 
 class ProcessDriver:
-    def __init__(self, state_dir: str | Path, cwd: str | None = None) -> None:
+    def __init__(self, state_dir: str | Path, instance: str, cwd: str | None = None) -> None:
         self.state_dir = Path(state_dir).expanduser()
+        self.instance = instance
         self.cwd = cwd
         self._children: dict[int, asyncio.subprocess.Process] = {}
         self._events: asyncio.Queue[str] = asyncio.Queue()
@@ -64,14 +98,13 @@ class ProcessDriver:
             arg.replace("{port}", str(port)).replace("{python}", sys.executable)
             for arg in spec.command
         ]
-        env = {**os.environ, **spec.env, "PORT": str(port)}
-        if spec.gpu_ids:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpu_ids)
+        env = replica_env(spec, port, self._marker(spec.replica_id))
         proc = await asyncio.create_subprocess_exec(
             *argv, cwd=self.cwd, env=env, start_new_session=True, stdin=asyncio.subprocess.DEVNULL
         )
         record = {
             "managed_by": MANAGER,
+            "instance": self.instance,
             "pool": spec.pool,
             "replica_id": spec.replica_id,
             "pid": proc.pid,
@@ -87,10 +120,15 @@ class ProcessDriver:
         return self._instance(record)
 
     async def stop(self, instance: Instance, timeout_s: float) -> None:
-        pid = int(instance.handle)
+        """Signals only a pid that is still the replica (``_alive``); removes the record
+        only if it is ours."""
         path = self._path(instance.replica_id)
         record = await asyncio.to_thread(self._read, path)
-        if record is not None and self._alive(record):
+        if record is None or not self._ours(record):
+            return
+        pid = record["pid"]
+        assert isinstance(pid, int)
+        if self._alive(record):
             self._signal(pid, signal.SIGTERM)
             # An adopted replica is not our child, so there is nothing to wait on: poll.
             for _ in range(max(1, round(timeout_s / STOP_POLL_S))):
@@ -117,6 +155,12 @@ class ProcessDriver:
     def _path(self, replica_id: str) -> Path:
         return self.state_dir / f"{replica_id}.json"
 
+    def _marker(self, replica_id: str) -> str:
+        return f"{self.instance}/{replica_id}"
+
+    def _ours(self, record: dict[str, object]) -> bool:
+        return record.get("managed_by") == MANAGER and record.get("instance") == self.instance
+
     def _write(self, replica_id: str, record: dict[str, object]) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._path(replica_id).write_bytes(orjson.dumps(record))
@@ -134,7 +178,7 @@ class ProcessDriver:
         for path in sorted(self.state_dir.glob("*.json")):
             with contextlib.suppress(OSError, orjson.JSONDecodeError):
                 record = orjson.loads(path.read_bytes())
-                if record.get("managed_by") == MANAGER:
+                if self._ours(record):
                     found.append((record, self._instance(record)))
         return found
 
@@ -151,13 +195,14 @@ class ProcessDriver:
         )
 
     def _alive(self, record: dict[str, object]) -> bool:
+        """Whether the record's pid is still its replica: our child not yet reaped (its
+        pid cannot be anyone else's), or a process carrying the replica's marker."""
         pid = record["pid"]
         assert isinstance(pid, int)
         child = self._children.get(pid)
-        if child is not None and child.returncode is not None:
-            return False
-        started = _start_time(pid)
-        return started is not None and started == record["started"]
+        if child is not None:
+            return child.returncode is None
+        return _carries(pid, self._marker(str(record["replica_id"])))
 
     @staticmethod
     def _signal(pid: int, sig: signal.Signals) -> None:

@@ -16,6 +16,10 @@ import orjson
 import pytest
 import yaml
 
+from gateway.app import Gateway
+from gateway.config import parse_config
+from gateway.drivers import MANAGER, ReplicaSpec
+from gateway.drivers.process import INHERITED, MARKER, ProcessDriver
 from tests.conftest import SIM_PROCESS, eventually, free_port, load_until, scaled_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -190,3 +194,103 @@ async def test_a_restarted_gateway_adopts_its_replicas(tmp_path: Path) -> None:
         for record in records(tmp_path):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(record["pid"], signal.SIGKILL)
+
+
+def start_time(pid: int) -> str:
+    """The kernel's start time of ``pid``: field 22 of /proc/PID/stat."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+
+
+async def test_a_replica_gets_a_minimal_environment_not_the_gateways(
+    gateway, client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_ADMIN_TOKEN", "admin-secret")
+    monkeypatch.setenv("CLOUD_API_KEY", "cloud-secret")
+    monkeypatch.setenv("LC_TIME", "C")
+    gw = await gateway(sim_pool(tmp_path, max_replicas=1, env={"MODEL_FLAVOUR": "small"}))
+    await eventually(lambda: gw.autoscalers["default"].count["ready"] == 1, within=20)
+    async with client.post(f"{gw.url}/predict", data=b"{}") as resp:
+        assert resp.status == 200  # the sim starts on the minimal environment
+    [record] = records(tmp_path)
+    env = environ_of(record["pid"])
+    assert "GATEWAY_ADMIN_TOKEN" not in env and "CLOUD_API_KEY" not in env
+    assert "admin-secret" not in env.values() and "cloud-secret" not in env.values()
+    assert env["MODEL_FLAVOUR"] == "small"
+    assert env["PORT"] == record["url"].rsplit(":", 1)[1]
+    assert env["LC_TIME"] == "C" and env["PATH"] == os.environ["PATH"]
+    allowed = INHERITED | {"PORT", MARKER, "MODEL_FLAVOUR"}
+    assert {k for k in env if not k.startswith("LC_")} <= allowed
+
+
+@pytest.mark.timeout(60)
+async def test_gateways_of_two_clusters_on_one_state_dir_leave_each_other_alone(
+    gateway, client, tmp_path: Path
+) -> None:
+    # Same state_dir, same pool name: only the cluster names differ.
+    gw_a = await gateway({**sim_pool(tmp_path, max_replicas=1), "cluster": "a"})
+    await eventually(lambda: gw_a.autoscalers["default"].count["ready"] == 1, within=20)
+    [theirs] = records(tmp_path)
+    gw_b = Gateway(parse_config({**sim_pool(tmp_path, max_replicas=1), "cluster": "b"}))
+    await gw_b.start()
+    try:  # b adopts nothing and removes nothing: it starts a replica of its own
+        scaler_b = gw_b.autoscalers["default"]
+        await eventually(lambda: scaler_b.count["ready"] == 1, within=20)
+        await asyncio.sleep(1)  # ticks go by
+        [mine] = scaler_b.members
+        assert mine != theirs["replica_id"]
+        assert list(gw_b.pools["default"].replicas) == [mine]  # b routes to its own only
+        async with client.post(f"http://127.0.0.1:{gw_b.port}/predict", data=b"{}") as resp:
+            assert resp.status == 200
+        pairs = {(r["instance"], r["replica_id"]) for r in records(tmp_path)}
+        assert pairs == {("a", theirs["replica_id"]), ("b", mine)}
+    finally:
+        await gw_b.stop()  # on_exit: stop removes b's replica, and only that one
+    assert [r["replica_id"] for r in records(tmp_path)] == [theirs["replica_id"]]
+    assert environ_of(theirs["pid"])[MARKER] == f"a/{theirs['replica_id']}"  # still running
+    assert gw_a.autoscalers["default"].count["ready"] == 1
+
+
+async def test_a_record_naming_someone_elses_process_is_never_signalled(tmp_path: Path) -> None:
+    # A record whose pid is now an unrelated process (a recycled pid, or a record from
+    # before a reboot), down to that process's start time: what an older driver checked.
+    bystander = await asyncio.create_subprocess_exec("sleep", "60", start_new_session=True)
+    try:
+        record = {
+            "managed_by": MANAGER,
+            "instance": "me",
+            "pool": "default",
+            "replica_id": "default-0000",
+            "pid": bystander.pid,
+            "started": start_time(bystander.pid),
+            "url": "http://127.0.0.1:9",
+            "gpu_ids": [],
+        }
+        (tmp_path / "default-0000.json").write_bytes(orjson.dumps(record))
+        driver = ProcessDriver(tmp_path, "me")
+        [instance] = await driver.list("default")
+        assert instance.state == "exited"  # not our replica, whatever the record says
+        await driver.stop(instance, timeout_s=0.2)
+        assert bystander.returncode is None and environ_of(bystander.pid)  # alive
+        assert not (tmp_path / "default-0000.json").exists()  # the stale record is gone
+    finally:
+        bystander.kill()
+        await bystander.wait()
+
+
+async def test_a_record_of_another_instance_is_not_listed_nor_removed(tmp_path: Path) -> None:
+    spec = ReplicaSpec("default", "default-1111", "", command=(*SIM_PROCESS["command"],))
+    theirs = ProcessDriver(tmp_path, "them")
+    instance = await theirs.start(spec)
+    try:
+        ours = ProcessDriver(tmp_path, "us")
+        assert await ours.list("default") == []
+        await ours.stop(instance, timeout_s=0.2)
+        assert [i.state for i in await theirs.list("default")] == ["running"]
+    finally:
+        await theirs.stop(instance, timeout_s=5)
+    assert await theirs.list("default") == []

@@ -60,7 +60,7 @@ async def test_request_and_response_pass_through_intact(backend, gateway, client
 
 async def test_client_request_id_and_forwarded_for_are_kept(backend, gateway, client) -> None:
     b = await backend(echo)
-    gw = await gateway(pool_config([b.url]))
+    gw = await gateway({**pool_config([b.url]), "trusted_proxies": ["127.0.0.1"]})
     sent = {"X-Request-ID": "abc-123", "X-Forwarded-For": "10.0.0.7"}
     async with client.get(f"{gw.url}/x", headers=sent) as resp:
         seen = (await resp.json())["headers"]

@@ -251,10 +251,9 @@ async def test_a_client_hanging_up_frees_its_replica_slot_and_queue_place(backen
     gate.set()
 
 
-async def test_a_client_stalling_mid_body_gets_408(backend, gateway, monkeypatch) -> None:
-    monkeypatch.setattr("gateway.server.BODY_TIMEOUT_S", 0.2)
+async def test_a_client_stalling_mid_body_gets_408(backend, gateway) -> None:
     b = await backend(echo)
-    gw = await gateway(pool_config([b.url]))
+    gw = await gateway({**pool_config([b.url]), "limits": {"body_timeout_s": 0.2}})
     reader, writer = await connect(gw.port)
     writer.write(post("/p", b"0123456789")[:-7])  # 3 of 10 body bytes, then silence
     status, headers, body = await read_response(reader)

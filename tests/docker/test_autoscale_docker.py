@@ -13,7 +13,9 @@ import aiohttp
 import pytest
 import yaml
 
-from gateway.drivers import MANAGED_BY, MANAGER, POOL, Instance, ReplicaSpec
+from gateway.app import Gateway
+from gateway.config import parse_config
+from gateway.drivers import INSTANCE, MANAGED_BY, MANAGER, POOL, REPLICA, Instance, ReplicaSpec
 from gateway.drivers.docker import DockerDriver
 from tests.conftest import eventually, free_port, load_until, scaled_config
 from tests.docker.conftest import REPO_ROOT
@@ -22,18 +24,19 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 
 
 def docker_config(pool: str, image: str, *sim_args: str, **autoscale: Any) -> dict[str, Any]:
-    """One pool of sim containers on the default bridge, reached on published ports."""
+    """One pool of sim containers on the default network (the bridge), reached on their
+    published ports; the gateway's instance id (``cluster``) is the pool's unique name."""
     command = f"exec python -m backends.sim --host 0.0.0.0 --port $PORT {' '.join(sim_args)}"
-    return scaled_config(
+    config = scaled_config(
         pool,
         {
             "driver": "docker",
             "image": image,
             "command": ["sh", "-c", command] if sim_args else [],
-            "network": "bridge",
             **autoscale,
         },
     )
+    return {**config, "cluster": pool}
 
 
 def containers(client: Any, pool: str, all: bool = False) -> list[dict[str, Any]]:
@@ -131,7 +134,7 @@ async def test_a_gpu_pool_assigns_each_id_once(pool, gateway, client, image) -> 
     config = docker_config(
         pool, image, min_replicas=3, max_replicas=3, gpus=[0, 1], gpus_per_replica=1
     )
-    await gateway(config, drivers={"docker/published": CreateOnly()})
+    await gateway(config, drivers={"docker/published": CreateOnly(instance=pool)})
     await eventually(lambda: len(containers(client, pool, all=True)) == 2, within=20)
     await asyncio.sleep(1)  # ticks go by: no third container, for want of a GPU
     created = containers(client, pool, all=True)
@@ -152,6 +155,8 @@ async def test_a_killed_gateway_is_replaced_by_one_that_adopts(
     port = free_port()
     config = docker_config(pool, image, min_replicas=2, max_replicas=2, on_exit="keep")
     config["listen"]["port"], config["admin"]["port"] = port, free_port()
+    del config["cluster"]  # the instance id is a random one, kept in state_dir
+    config["state_dir"] = str(tmp_path / "state")
     path = tmp_path / "gw.yaml"
     path.write_text(yaml.safe_dump(config))
 
@@ -185,8 +190,54 @@ async def test_a_killed_gateway_is_replaced_by_one_that_adopts(
                 await asyncio.sleep(0.1)
             await asyncio.sleep(2)  # ticks go by: a duplicate would show now
             assert sorted(c["Id"] for c in containers(client, pool, all=True)) == before
+            instance = (tmp_path / "state" / "instance-id").read_text().strip()
+            assert {c["Labels"][INSTANCE] for c in containers(client, pool)} == {instance}
     finally:
         for proc in (first, second):
             if proc is not None and proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_replicas_are_on_a_bridge_with_ports_published_on_loopback_by_default(
+    pool, gateway, client, http, image
+) -> None:
+    gw = await gateway(docker_config(pool, image))  # no autoscale.network in the config
+    await eventually(lambda: gw.autoscalers[pool].count["ready"] == 1, within=30)
+    [row] = containers(client, pool)
+    attrs = client.api.inspect_container(row["Id"])
+    assert attrs["HostConfig"]["NetworkMode"] in ("default", "bridge")
+    bindings = attrs["HostConfig"]["PortBindings"]["8000/tcp"]
+    assert [b["HostIp"] for b in bindings] == ["127.0.0.1"]
+    public = attrs["NetworkSettings"]["Ports"]["8000/tcp"][0]["HostPort"]
+    assert [r.url for r in gw.pools[pool].replicas.values()] == [f"http://127.0.0.1:{public}"]
+    async with http.post(f"{gw.url}/predict", data=b"{}") as resp:
+        assert resp.status == 200
+
+
+@pytest.mark.timeout(90)
+async def test_two_gateways_with_one_pool_name_leave_each_others_replicas_alone(
+    pool, gateway, client, http, image
+) -> None:
+    gw_a = await gateway({**docker_config(pool, image, max_replicas=1), "cluster": f"{pool}-a"})
+    await eventually(lambda: gw_a.autoscalers[pool].count["ready"] == 1, within=30)
+    [theirs] = containers(client, pool)
+    gw_b = Gateway(
+        parse_config({**docker_config(pool, image, max_replicas=1), "cluster": f"{pool}-b"})
+    )
+    await gw_b.start()
+    try:  # b adopts nothing and removes nothing: it starts a replica of its own
+        scaler_b = gw_b.autoscalers[pool]
+        await eventually(lambda: scaler_b.count["ready"] == 1, within=30)
+        await asyncio.sleep(1)  # ticks go by
+        [mine] = scaler_b.members
+        assert mine != theirs["Labels"][REPLICA]
+        assert list(gw_b.pools[pool].replicas) == [mine]  # b routes to its own only
+        async with http.post(f"http://127.0.0.1:{gw_b.port}/predict", data=b"{}") as resp:
+            assert resp.status == 200
+        owners = {(c["Labels"][INSTANCE], c["Labels"][REPLICA]) for c in containers(client, pool)}
+        assert owners == {(f"{pool}-a", theirs["Labels"][REPLICA]), (f"{pool}-b", mine)}
+    finally:
+        await gw_b.stop()  # on_exit: stop removes b's replica, and only that one
+    assert [c["Id"] for c in containers(client, pool, all=True)] == [theirs["Id"]]
+    assert gw_a.autoscalers[pool].count["ready"] == 1

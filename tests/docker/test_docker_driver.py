@@ -1,8 +1,8 @@
 """The Docker driver against a real engine, with the sim image built from this repository.
 
-Every test works in a pool of its own with a random name, so parallel runs (and other
-engineers' containers) never collide; a finalizer removes whatever carries our labels for
-that pool, and only that.
+Every test works in a pool of its own with a random name, and every driver has an instance
+id of its own, so parallel runs (and other engineers' containers) never collide; a
+finalizer removes whatever carries our labels for that pool, and only that.
 """
 
 from __future__ import annotations
@@ -19,8 +19,17 @@ import docker
 import docker.errors
 import pytest
 
-from gateway.drivers import GPUS, MANAGED_BY, MANAGER, POOL, REPLICA, Instance, ReplicaSpec
-from gateway.drivers.docker import PORT_LABEL, DockerDriver, container_name
+from gateway.drivers import (
+    GPUS,
+    INSTANCE,
+    MANAGED_BY,
+    MANAGER,
+    POOL,
+    REPLICA,
+    Instance,
+    ReplicaSpec,
+)
+from gateway.drivers.docker import DockerDriver, container_name
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.docker
@@ -29,8 +38,13 @@ READY_WITHIN_S = 30.0
 
 
 @pytest.fixture
-async def driver() -> AsyncIterator[DockerDriver]:
-    driver = DockerDriver()
+def instance() -> str:
+    return f"test-{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+async def driver(instance: str) -> AsyncIterator[DockerDriver]:
+    driver = DockerDriver(instance=instance)
     yield driver
     await driver.close()
 
@@ -75,23 +89,30 @@ async def test_start_list_health_stop(driver: DockerDriver, pool: str, image: st
     await driver.stop(started, timeout_s=10)  # idempotent: already gone
 
 
-async def test_container_carries_our_labels_and_publishes_on_loopback_only(
-    driver: DockerDriver, pool: str, image: str, client: Any
+async def test_by_default_a_container_is_on_a_bridge_with_its_port_on_loopback_only(
+    driver: DockerDriver, pool: str, image: str, client: Any, instance: str
 ) -> None:
-    spec = _spec(pool, image, network="bridge")
-    instance = await driver.start(spec)
-    attrs = client.api.inspect_container(instance.handle)
+    spec = _spec(pool, image)  # no network asked for
+    started = await driver.start(spec)
+    attrs = client.api.inspect_container(started.handle)
 
-    labels = attrs["Config"]["Labels"]
-    assert labels[MANAGED_BY] == MANAGER
-    assert labels[POOL] == pool
-    assert labels[REPLICA] == spec.replica_id
-    assert labels[GPUS] == ""
-    assert labels[PORT_LABEL] == "8000"
-    assert attrs["Name"] == "/" + container_name(spec.replica_id)
-    assert "PORT=8000" in attrs["Config"]["Env"]
+    assert attrs["HostConfig"]["NetworkMode"] in ("default", "bridge")
+    assert list(attrs["NetworkSettings"]["Networks"]) == ["bridge"]
     bindings = attrs["HostConfig"]["PortBindings"]["8000/tcp"]
     assert [b["HostIp"] for b in bindings] == ["127.0.0.1"]
+    assert "PORT=8000" in attrs["Config"]["Env"]
+    labels = attrs["Config"]["Labels"]
+    assert labels == {
+        MANAGED_BY: MANAGER,
+        INSTANCE: instance,
+        POOL: pool,
+        REPLICA: spec.replica_id,
+        GPUS: "",
+    }  # the port is not among them: it is read from the engine's port mapping
+    assert attrs["Name"] == "/" + container_name(spec.replica_id)
+    public = attrs["NetworkSettings"]["Ports"]["8000/tcp"][0]["HostPort"]
+    assert started.url == f"http://127.0.0.1:{public}"
+    await _wait_healthy(started.url)
 
 
 @pytest.mark.parametrize(
@@ -113,13 +134,18 @@ async def test_host_network_gets_a_free_loopback_port_through_env_and_command(
     if command:
         assert attrs["Config"]["Cmd"][-1] == port  # {port} was substituted
     await _wait_healthy(instance.url)
+    adopting = DockerDriver(instance=driver.instance)  # a restarted gateway: nothing cached
+    try:
+        assert [i.url for i in await adopting.list(pool)] == [instance.url]
+    finally:
+        await adopting.close()
 
 
 async def test_named_network_is_joined_and_reachable_by_name_in_network_mode(
     pool: str, image: str, client: Any
 ) -> None:
     network = client.networks.create(f"{pool}-net", labels={MANAGED_BY: MANAGER})
-    driver = DockerDriver(reach="network")
+    driver = DockerDriver(instance=pool, reach="network")
     try:
         spec = _spec(pool, image, network=network.name, port=8000)
         instance = await driver.start(spec)
@@ -127,7 +153,7 @@ async def test_named_network_is_joined_and_reachable_by_name_in_network_mode(
         attrs = client.api.inspect_container(instance.handle)
         assert network.name in attrs["NetworkSettings"]["Networks"]
         # still published on loopback, so a gateway on the host reaches it as well
-        published = (await DockerDriver(client).list(pool))[0].url
+        published = (await DockerDriver(client, instance=pool).list(pool))[0].url
         assert published is not None and published.startswith("http://127.0.0.1:")
         await _wait_healthy(published)
         await driver.stop(instance, timeout_s=5)
@@ -234,3 +260,66 @@ async def test_containers_without_our_labels_are_never_listed_or_stopped(
         assert foreign.status == "created"
     finally:
         foreign.remove(force=True)
+
+
+def _look_alike(client: Any, image: str, pool: str, labels: dict[str, str]) -> Any:
+    """A running sim container with a published loopback port, created behind the driver's
+    back with ``labels`` (and our pool's) on top of the given ones."""
+    replica_id = f"{pool}-{secrets.token_hex(3)}"
+    container = client.containers.create(
+        image,
+        name=container_name(replica_id),
+        labels={MANAGED_BY: MANAGER, POOL: pool, REPLICA: replica_id, GPUS: "", **labels},
+        ports={"8000/tcp": ("127.0.0.1", None)},
+    )
+    container.start()
+    return container
+
+
+async def test_a_look_alike_of_another_instance_is_never_listed_or_stopped(
+    driver: DockerDriver, pool: str, image: str, client: Any
+) -> None:
+    # Every one of our labels, but another gateway's instance id, or none at all.
+    others = [
+        _look_alike(client, image, pool, {INSTANCE: "another-gateway"}),
+        _look_alike(client, image, pool, {}),
+    ]
+    mine = await driver.start(_spec(pool, image))
+    assert await driver.list(pool) == [mine]
+    for other in others:
+        replica_id = other.labels[REPLICA]
+        for handle in (other.id, ""):  # by id, and by the name the driver would use
+            await driver.stop(Instance(replica_id, pool, "running", None, (), handle), 1)
+        other.reload()
+        assert other.status == "running"
+
+
+async def test_two_instances_on_one_engine_see_only_their_own_replicas(
+    driver: DockerDriver, pool: str, image: str
+) -> None:
+    other = DockerDriver(instance=f"{driver.instance}-other")
+    try:
+        mine = await driver.start(_spec(pool, image))
+        theirs = await other.start(_spec(pool, image))
+        assert await driver.list(pool) == [mine]
+        assert await other.list(pool) == [theirs]
+        await driver.stop(theirs, timeout_s=1)  # refused: not ours
+        assert await other.list(pool) == [theirs]
+        await other.stop(theirs, timeout_s=1)
+        assert await other.list(pool) == [] and await driver.list(pool) == [mine]
+    finally:
+        await other.close()
+
+
+async def test_the_url_comes_from_the_engines_port_mapping_not_from_a_label(
+    driver: DockerDriver, pool: str, image: str, client: Any, instance: str
+) -> None:
+    # A container of ours whose labels claim another port: the engine's mapping wins.
+    container = _look_alike(
+        client, image, pool, {INSTANCE: instance, "io.inference-gateway.port": "1"}
+    )
+    attrs = client.api.inspect_container(container.id)
+    public = attrs["NetworkSettings"]["Ports"]["8000/tcp"][0]["HostPort"]
+    [listed] = await driver.list(pool)
+    assert listed.url == f"http://127.0.0.1:{public}"
+    await _wait_healthy(listed.url)

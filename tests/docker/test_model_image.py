@@ -41,7 +41,7 @@ def model_image(client: Any) -> str:
 
 @pytest.fixture
 async def driver() -> AsyncIterator[DockerDriver]:
-    driver = DockerDriver()
+    driver = DockerDriver(instance=f"test-{secrets.token_hex(4)}")
     yield driver
     await driver.close()
 

@@ -204,6 +204,17 @@ def test_a_hedge_takes_only_a_free_slot_outside_the_tried() -> None:
     assert pool.queued == 0
 
 
+def test_a_hedge_takes_only_an_idle_slot_not_the_headroom_over_the_knee() -> None:
+    """A backup queued inside a busy replica waits behind the work it was meant to beat:
+    it adds load and cannot win, so it takes a slot under the learnt knee or none."""
+    pool, (_, r1), _ = make_pool(2)
+    r1.cap, r1.slots = 2, 1.0  # learnt: one slot served at a time, one more may wait
+    pool._start(r1)
+    assert pool.try_hedge(frozenset({"r0"})) is None  # busy: only the headroom is free
+    pool._free(r1)
+    assert pool.try_hedge(frozenset({"r0"})) is r1
+
+
 def test_hedges_stay_within_their_budget() -> None:
     pool, _, _ = make_pool(2, max_inflight_per_replica=1000, concurrency_limit="fixed")
     pool.hedge_budget.min_per_s = 0.0

@@ -1,0 +1,1 @@
+"""Hostile clients and a misbehaving replica against the gateway and its peers."""

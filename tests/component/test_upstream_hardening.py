@@ -1,0 +1,230 @@
+"""The upstream client against replicas that break HTTP framing, over real sockets.
+
+A replica is a raw TCP server here, so that each test controls the exact bytes: an answer
+longer than its Content-Length, bytes sent while the connection idles, absurd lengths, an
+unrequested protocol switch. None of them may reach another request, or escape as
+anything but a Disconnected that closes the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+
+from gateway.upstream import Disconnected, Upstream, UpstreamResponse
+from tests.component.conftest import pool_config
+from tests.conftest import eventually
+
+# The replica's answer to one request: it writes what it likes on the connection.
+Answer = Callable[[bytes, asyncio.StreamWriter], Awaitable[None]]
+
+
+class RawReplica:
+    """A TCP server on 127.0.0.1 that reads whole requests and lets ``answer`` reply with
+    exact bytes. It counts the connections it accepted and those the client hung up."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.connections = 0
+        self.hung_up = 0
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self._serving: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    async def start(self) -> RawReplica:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._serving[task] = writer
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    self.hung_up += 1
+                    return
+                length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+                body = await reader.readexactly(int(length[1])) if length else b""
+                await self.answer(head + body, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.hung_up += 1
+        finally:
+            writer.close()
+            del self._serving[task]
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+        for writer in self._serving.values():
+            writer.close()  # its reader sees the end: the handler returns
+        await asyncio.gather(*self._serving)
+
+
+@pytest.fixture
+async def raw_replica() -> AsyncIterator[Callable[[Answer], Awaitable[RawReplica]]]:
+    started: list[RawReplica] = []
+
+    async def make(answer: Answer) -> RawReplica:
+        replica = await RawReplica(answer).start()
+        started.append(replica)
+        return replica
+
+    yield make
+    for replica in started:
+        await replica.stop()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    up = Upstream()
+    yield up
+    up.close()
+
+
+async def get(up: Upstream, replica: RawReplica, target: str = "/") -> UpstreamResponse:
+    return await up.request("GET", "127.0.0.1", replica.port, target, [("Host", "r")], b"", 2, 2, 2)
+
+
+def ok(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+# The start of a response that, parsed ahead of the next one, would make it a redirect
+# chosen by this exchange: its Location value runs on into the next status line.
+SMUGGLED = b"HTTP/1.1 302 Found\r\nLocation: /chosen-by-the-first?"
+
+NO_PROBES = {"enabled": False}  # a gateway's replica connections are then the proxy's only
+
+
+@pytest.mark.parametrize("when", ["same write", "later write", "while idle"])
+async def test_bytes_past_a_response_never_reach_the_next_request(
+    raw_replica, upstream, when
+) -> None:
+    """Whether the extra bytes come with the response, after it, or once the connection
+    idles in the pool: the first answer is intact, and the next request gets its own."""
+    released, sent_extra = asyncio.Event(), asyncio.Event()
+
+    async def answer(request: bytes, writer: asyncio.StreamWriter) -> None:
+        if b"/second" in request:
+            writer.write(ok(b"second"))
+        elif when == "same write":
+            writer.write(ok(b"first") + SMUGGLED)
+        else:
+            writer.write(ok(b"first"))
+            await writer.drain()
+            if when == "while idle":
+                await released.wait()
+            await asyncio.sleep(0.02)
+            writer.write(SMUGGLED)
+        await writer.drain()
+        sent_extra.set()
+
+    replica = await raw_replica(answer)
+    first = await get(upstream, replica)
+    assert (first.status, await first.read()) == (200, b"first")
+    if when == "while idle":
+        first.release()  # a clean exchange: the connection goes back to the pool
+        released.set()
+    await sent_extra.wait()
+    await eventually(lambda: replica.hung_up == 1, within=2)  # the client closed it
+    assert [name for name, _ in first.headers] == ["Content-Length"]
+    first.release()  # released already while idle: a second call is a no-op
+
+    second = await get(upstream, replica, "/second")
+    assert (second.status, await second.read()) == (200, b"second")
+    assert [name for name, _ in second.headers] == ["Content-Length"]
+    second.release()
+    assert replica.connections == 2
+
+
+@pytest.mark.parametrize("length", ["0" * 4998 + "2", "1" + "0" * 18], ids=["5000", "19"])
+async def test_an_absurd_content_length_is_a_malformed_response(
+    raw_replica, upstream, length
+) -> None:
+    """Digits that llhttp takes (a value past 2**64 it rejects itself) but no body has."""
+
+    async def answer(request: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %s\r\n\r\nok" % length.encode())
+        await writer.drain()
+
+    replica = await raw_replica(answer)
+    with pytest.raises(Disconnected, match="malformed response"):
+        await get(upstream, replica)
+    await eventually(lambda: replica.hung_up == 1, within=2)  # closed, not leaked
+
+
+async def test_an_18_digit_content_length_with_trailing_space_is_a_length(
+    raw_replica, upstream
+) -> None:
+    async def answer(request: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 000000000000000002 \r\n\r\nok")
+        await writer.drain()
+
+    replica = await raw_replica(answer)
+    response = await get(upstream, replica)
+    assert (response.content_length, await response.read()) == (2, b"ok")
+    response.release()
+
+
+async def test_an_unrequested_101_is_a_malformed_response(raw_replica, upstream) -> None:
+    async def answer(request: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n\r\n\x81\x05hello"
+        )
+        await writer.drain()
+
+    replica = await raw_replica(answer)
+    with pytest.raises(Disconnected, match="malformed response: 101"):
+        await get(upstream, replica)
+    await eventually(lambda: replica.hung_up == 1, within=2)
+
+
+async def test_an_over_sending_replica_never_mixes_two_clients_answers(
+    raw_replica, gateway
+) -> None:
+    """Through the gateway: each answer carries its own client's token and no other's,
+    though every answer of the replica runs past its Content-Length into a redirect that
+    names the token of the exchange it came with."""
+
+    async def echo(request: bytes, writer: asyncio.StreamWriter) -> None:
+        token = re.search(rb"tok\d+x", request)
+        assert token is not None
+        writer.write(ok(token[0]) + SMUGGLED.replace(b"first", token[0]))
+        await writer.drain()
+
+    replica = await raw_replica(echo)
+    gw = await gateway(pool_config([f"http://127.0.0.1:{replica.port}"], health=NO_PROBES))
+    async with aiohttp.ClientSession() as one, aiohttp.ClientSession() as two:
+        for i in range(200):
+            token = f"tok{i}x"
+            client = (one, two)[i % 2]
+            async with client.post(f"{gw.url}/predict", data=token, allow_redirects=False) as resp:
+                body = await resp.read()
+                seen = b" ".join(v.encode() for v in resp.headers.values()) + b" " + body
+                assert (resp.status, body) == (200, token.encode()), (i, resp.headers)
+                assert re.findall(rb"tok\d+x", seen) == [token.encode()], (i, seen)
+
+
+async def test_a_5000_digit_content_length_gets_the_client_a_502(
+    raw_replica, gateway, client
+) -> None:
+    async def answer(request: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %s2\r\n\r\nok" % (b"0" * 4999))
+        await writer.drain()
+
+    replica = await raw_replica(answer)
+    gw = await gateway(pool_config([f"http://127.0.0.1:{replica.port}"], health=NO_PROBES))
+    async with client.post(f"{gw.url}/predict") as resp:
+        assert resp.status == 502
+    await eventually(lambda: replica.hung_up == replica.connections, within=2)  # none leaked
