@@ -12,6 +12,10 @@ How (pure logic; time comes in as an argument):
   included: the requests it queued behind, or was served beside), in levels that
   double: 1, 2-3, 4-7, 8-15, ... Each level keeps a running mean and variance of log
   latency, so a heavy tail moves it little, and the mean in-flight count of its answers.
+  Levels are kept per kind of request (its path; ``KINDS`` at most), and the kind with
+  the most recent answers decides: latency compared across kinds says nothing about
+  congestion (a health check sent one at a time answers in 0.5 ms, the model's calls
+  beside it in 10 ms), so a cheap kind must not cut the limit of a costly one.
 * The baseline is the lowest level with ``MIN_SAMPLES``. The first level above it whose
   latency is higher by more than ``CONGESTED`` x, and by more than ``Z`` standard errors
   of the difference, is congested. With ``c`` slots, ``k > c`` requests in flight take
@@ -51,7 +55,7 @@ about the typical one), hence means of log latency by level here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 LEVELS = 10  # in-flight counts up to 2**LEVELS - 1 get their own level; more share the last
 MIN_SAMPLES = 16.0  # a level with fewer answers says nothing
@@ -61,6 +65,7 @@ Z = 3.0  # and it must exceed this many standard errors of the difference
 FORGET_S = 30.0  # a level without an answer for this long is forgotten
 RAISE_S = 2.0  # once a knee was found, the limit rises at most once (doubling) per this long
 INITIAL = 8  # a new replica's limit (under the ceiling)
+KINDS = 4  # kinds of request (paths) with their own levels; a new one evicts the stalest
 HEADROOM = 1.5  # the limit is this x the concurrency found, rounded up
 PROPORTIONAL = 1.25  # a congested level's concurrency at most this x the base's in-flight:
 # latency grew in proportion to the in-flight count from the base on
@@ -93,6 +98,22 @@ class _Level:
         return self.var / self.count
 
 
+@dataclass(slots=True)
+class _Kind:
+    """The levels of one kind of request, and how many answers it had lately."""
+
+    levels: list[_Level] = field(default_factory=lambda: [_Level() for _ in range(LEVELS)])
+    recent: float = 0.0  # answers, each weighing less with age (time constant FORGET_S)
+    stamp: float = float("-inf")
+
+    def add(self, now: float) -> None:
+        self.recent = self.weight(now) + 1.0
+        self.stamp = now
+
+    def weight(self, now: float) -> float:
+        return self.recent * math.exp(-(now - self.stamp) / FORGET_S)
+
+
 def level_of(inflight: int) -> int:
     """0 for 1 in flight, 1 for 2-3, 2 for 4-7, ...; the last level takes the rest."""
     return min(max(inflight, 1).bit_length() - 1, LEVELS - 1)
@@ -107,7 +128,8 @@ class ConcurrencyLimit:
         self.floor = min(floor, ceiling)
         self.value = min(ceiling, max(self.floor, initial))
         self.concurrency = float(self.value)  # the knee itself, once found; else the limit
-        self._levels = [_Level() for _ in range(LEVELS)]
+        self._kinds: dict[str, _Kind] = {}
+        self._levels: list[_Level] = []  # the busiest kind's: what the limit is learnt from
         self._found = False  # a knee seen over a base known to be below it: slow start ends
         self._changed_at = float("-inf")  # when congestion last lowered it, or it rose
 
@@ -117,10 +139,20 @@ class ConcurrencyLimit:
         self.floor = min(self.floor, ceiling)
         self.value = min(self.value, ceiling)
 
-    def record(self, latency_s: float, inflight: int, now: float) -> None:
-        """A successful answer after ``latency_s``, sent when ``inflight`` requests were
-        on the replica (itself included)."""
-        self._levels[level_of(inflight)].add(math.log(max(latency_s, 1e-6)), inflight, now)
+    def record(self, latency_s: float, inflight: int, now: float, kind: str = "") -> None:
+        """A successful answer after ``latency_s`` to a request of ``kind`` (its path),
+        sent when ``inflight`` requests were on the replica (itself included)."""
+        entry = self._kinds.get(kind)
+        if entry is None:
+            if len(self._kinds) >= KINDS:
+                stalest = min(self._kinds, key=lambda k: self._kinds[k].stamp)
+                del self._kinds[stalest]
+            entry = self._kinds[kind] = _Kind()
+        entry.add(now)
+        entry.levels[level_of(inflight)].add(math.log(max(latency_s, 1e-6)), inflight, now)
+        kinds = self._kinds
+        busiest = entry if len(kinds) == 1 else max(kinds.values(), key=lambda k: k.weight(now))
+        self._levels = busiest.levels
         target = self._target(now)
         if not self._found:
             self.concurrency = float(min(target, self.value))

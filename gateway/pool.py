@@ -216,11 +216,17 @@ class Pool:
         return replica
 
     def release(
-        self, replica: Replica, latency_s: float, status: int | None, level: int | None = None
+        self,
+        replica: Replica,
+        latency_s: float,
+        status: int | None,
+        level: int | None = None,
+        kind: str = "",
     ) -> None:
         """Return a slot with the attempt's outcome (``status`` None: no response at all);
         ``level``: the replica's in-flight count when the attempt was sent (None: take
-        the count now), which its concurrency limit learns from."""
+        the count now) and ``kind`` the request's path, which its concurrency limit
+        learns from."""
         now = self.clock()
         failed = status is None or status >= 500
         level = replica.inflight if level is None else level
@@ -234,7 +240,7 @@ class Pool:
             replica.health.record_head(latency_s, now)
             limit = self._limits.get(replica.id)
             if limit is not None:  # None: the replica left the pool
-                limit.record(latency_s, level, now)
+                limit.record(latency_s, level, now, kind)
                 self._set_cap(replica)
         self._free(replica)
         self.policy.on_end(replica, speed_s, not failed and status != 429)

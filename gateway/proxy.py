@@ -87,6 +87,7 @@ class _Answer:
     response: UpstreamResponse
     ttfb_s: float  # time to the response head: what the policies learn from
     level: int  # the replica's in-flight count when the attempt was sent, itself included
+    kind: str  # the request's path: the concurrency limit learns per kind
     cold_wait_s: float | None = None  # how long it waited for a replica to start, if it did
 
 
@@ -314,7 +315,9 @@ class Proxy:
     def _discard(self, answer: _Answer) -> None:
         """Drop an answer that will not be relayed, giving its slot back with its status."""
         answer.response.release()
-        answer.pool.release(answer.replica, answer.ttfb_s, answer.response.status, answer.level)
+        answer.pool.release(
+            answer.replica, answer.ttfb_s, answer.response.status, answer.level, answer.kind
+        )
 
     async def _acquire(
         self, pool: Pool, tried: frozenset[str], deadline: float | None
@@ -373,7 +376,7 @@ class Proxy:
         except BaseException:
             pool.abandon(replica)
             raise
-        return _Answer(pool, replica, response, self.clock() - t0, level)
+        return _Answer(pool, replica, response, self.clock() - t0, level, exchange.path)
 
     async def _relay(self, call: _Call, answer: _Answer) -> None:
         """Pass the response through; nothing after this point may retry. The slot is
@@ -418,7 +421,7 @@ class Proxy:
             self._finish(call, replica.id, upstream.status)
         finally:
             upstream.release()
-            pool.release(replica, answer.ttfb_s, outcome, answer.level)
+            pool.release(replica, answer.ttfb_s, outcome, answer.level, answer.kind)
 
     def _error(
         self,

@@ -133,6 +133,21 @@ def test_forgotten_congestion_lets_the_limit_rise_again_by_doubling() -> None:
     assert all(b <= 2 * a for a, b in itertools.pairwise(seen))
 
 
+def test_cheap_requests_of_another_kind_do_not_cut_the_limit() -> None:
+    """Health checks through the pool, one at a time in 0.5 ms, outnumber the model's
+    calls, 10 ms each beside one another: compared with those checks the calls look
+    congested at 2-7 in flight, but only like is compared with like."""
+    limit = ConcurrencyLimit(ceiling=64)
+    now = 0.0
+    for i in range(4000):
+        now += 0.001
+        if i % 3:
+            limit.record(0.0005, 1, now, "/health")
+        else:
+            limit.record(0.01, min(2 + i % 6, limit.value), now, "/predict")
+    assert limit.value == INITIAL  # compared across kinds, the calls cut it to 1
+
+
 def test_the_floor_and_ceiling_hold() -> None:
     limit = ConcurrencyLimit(ceiling=8, floor=2)
     feed(limit, slots=1, upto=8)
