@@ -8,6 +8,11 @@ remembered between ticks that the next tick could not rebuild: a failed start or
 simply attempted again (after a backoff), a replica that exited or fails its health checks
 is replaced.
 
+A driver that fails (the Docker engine down or hung) stops nothing: the replicas in place
+serve on, health verdicts still apply, starts and stops are retried with backoff, and the
+state is logged when it changes, not each tick. What the driver lists that no member
+accounts for (a create whose answer was lost) is removed.
+
 A replica's life: ``starting`` (created; its health path is polled) -> ``ready`` (in the
 pool, taking requests) -> ``draining`` (no new requests; waits for in-flight ones up to
 ``drain_timeout_s``) -> stopped and removed. ``failed`` replicas are removed and replaced.
@@ -33,14 +38,14 @@ from gateway.gpus import GpuLedger
 from gateway.pool import Pool
 from gateway.recorder import NULL_RECORDER, Recorder
 from gateway.replica import Replica
-from gateway.scaling import Decision, ReplicaView, Scaler, ScalingRules, plan
+from gateway.scaling import Decision, ReplicaView, Scaler, ScalingRules, plan, start_backoff
 
 log = logging.getLogger(__name__)
 
 MemberState = Literal["starting", "ready", "draining", "failed"]
 READY_POLL_S = 0.2
 STOP_TIMEOUT_S = 10.0  # SIGTERM grace for a replica that has already drained
-MAX_BACKOFF_S = 60.0
+MAX_BACKOFF_S = 60.0  # the cap of ``start_backoff`` (also between retries of a failed stop)
 
 
 @dataclass(eq=False)
@@ -53,6 +58,8 @@ class Member:
     instance: Instance | None = None  # None while the driver's start is in flight
     replica: Replica | None = None  # the data plane's view, from ready on
     busy: bool = False  # a drain or removal task owns it
+    stop_failures: int = 0  # failed removals in a row
+    retry_at: float = 0.0  # a failed removal is not tried again before then
 
 
 class PoolAutoscaler:
@@ -78,8 +85,14 @@ class PoolAutoscaler:
         self.scaler = Scaler(ScalingRules.from_config(settings), clock())
         self.apply(settings)
         self._startup_times: deque[float] = deque(maxlen=8)
-        self._failures = 0
+        self._failures = 0  # failed starts since a replica was last ready
+        self._last_failure = ""  # the reason of the latest failed start
         self._backoff_until = 0.0
+        self._driver_down_since: float | None = None  # the driver's calls are failing
+        self._driver_errors = 0  # failed driver calls since then
+        self._strays: set[str] = set()  # listed replicas no member accounts for, last tick
+        self._sweeping: set[str] = set()  # ... being removed
+        self._swept: set[str] = set()  # ... whose removal was logged (while still listed)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def apply(self, settings: config.Autoscale) -> None:
@@ -92,7 +105,15 @@ class PoolAutoscaler:
     # -- the loop ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        await self._adopt()
+        while True:  # until the driver answers, nothing is known that a start could not double
+            try:
+                await self._adopt()
+            except Exception as exc:
+                self._driver_failed(exc)
+            else:
+                self._driver_answered()
+                break
+            await asyncio.sleep(self.settings.tick_s)
         while True:
             try:
                 await self.tick()
@@ -112,7 +133,8 @@ class PoolAutoscaler:
         views = [self._view(m, now) for m in self.members.values() if not m.busy]
         todo = plan(decision.desired, views)
         for rid in todo.remove:
-            self._spawn(self._remove(self.members[rid], "failed"))
+            if self.members[rid].retry_at <= now:
+                self._spawn(self._remove(self.members[rid], "failed"))
         for rid in todo.drain:
             self._spawn(self._drain(self.members[rid], decision.reason))
         if todo.start and now >= self._backoff_until:
@@ -152,6 +174,8 @@ class PoolAutoscaler:
         now = self.clock()
         for instance in await self.driver.list(self.pool.name):
             rid = instance.replica_id
+            if rid in self.members:
+                continue  # adopted by an earlier attempt that then failed
             usable = instance.state == "running" and instance.url is not None
             if usable and self.ledger.adopt(rid, instance.gpu_ids):
                 member = Member(rid, "starting", now, instance)
@@ -163,16 +187,80 @@ class PoolAutoscaler:
                 await self._stop_instance(instance)
 
     async def _observe(self) -> None:
-        """Mark members whose replica exited, vanished or went unhealthy as failed."""
-        seen = {i.replica_id: i for i in await self.driver.list(self.pool.name)}
-        for member in self.members.values():
+        """Mark members whose replica exited, vanished or went unhealthy as failed (one
+        that exits before it was ever ready is a failed start, and backs off); remove
+        what the driver lists that no member accounts for. While the driver fails, only
+        the health verdicts are news: the rest stays as it was last seen."""
+        seen: dict[str, Instance] | None = None
+        try:
+            seen = {i.replica_id: i for i in await self.driver.list(self.pool.name)}
+        except Exception as exc:
+            self._driver_failed(exc)
+        else:
+            self._driver_answered()
+        for member in list(self.members.values()):
             if member.instance is None or member.busy or member.state == "failed":
                 continue  # a start is in flight, or a drain/removal owns it
-            instance = seen.get(member.replica_id)
-            if instance is None or instance.state == "exited":
+            instance = None if seen is None else seen.get(member.replica_id)
+            if seen is not None and (instance is None or instance.state == "exited"):
+                if member.state == "starting":
+                    self._start_failed("exited", member.replica_id)
                 self._fail(member, "exited")
             elif member.replica is not None and not member.replica.health.up:
                 self._fail(member, "unhealthy")
+        if seen is not None:
+            self._sweep(seen)
+
+    def _sweep(self, seen: dict[str, Instance]) -> None:
+        """Remove listed replicas that no member accounts for: a create whose answer was
+        lost (an engine that timed out, then made the container anyway) leaves one,
+        unknown to anyone until the next restart. Only on a second listing in a row: one
+        taken while a removal finished may still show the removed replica."""
+        strays = set(seen) - set(self.members)
+        for rid in (strays & self._strays) - self._sweeping:
+            if rid not in self._swept:
+                log.warning("pool %s: removing replica %s: no start accounts for it",
+                            self.pool.name, rid)  # fmt: skip
+            self._swept.add(rid)
+            self._sweeping.add(rid)
+            self._spawn(self._remove_stray(seen[rid]))
+        self._strays = strays
+        self._swept &= strays
+
+    async def _remove_stray(self, instance: Instance) -> None:
+        try:
+            await self._stop_instance(instance)
+        except Exception as exc:  # listed again, and tried again
+            log.debug("pool %s: removing %s failed: %s", self.pool.name, instance.replica_id, exc)
+        finally:
+            self._sweeping.discard(instance.replica_id)
+
+    def _driver_failed(self, exc: Exception) -> None:
+        """Listing the pool failed: logged when the driver begins to fail, not each time.
+        (The listing, made each tick, is what tells a driver that is down.)"""
+        self._driver_errors += 1
+        if self._driver_down_since is None:
+            self._driver_down_since = self.clock()
+            log.warning(
+                "pool %s: driver unavailable (%s: %s); the replicas in place serve on, "
+                "starts and stops are retried with backoff",
+                self.pool.name, type(exc).__name__, exc,
+            )  # fmt: skip
+
+    def _driver_answered(self) -> None:
+        """A driver listing succeeded: if the driver was failing, it is back, and starts
+        that failed for want of it need not wait out their backoff."""
+        if self._driver_down_since is None:
+            return
+        log.info(
+            "pool %s: driver available again after %.1f s (%d failed calls)",
+            self.pool.name, self.clock() - self._driver_down_since, self._driver_errors,
+        )  # fmt: skip
+        self._driver_down_since = None
+        self._driver_errors = 0
+        if self._last_failure == "driver":
+            self._failures = 0
+            self._backoff_until = 0.0
 
     def _view(self, member: Member, now: float) -> ReplicaView:
         inflight = member.replica.inflight if member.replica else 0
@@ -234,7 +322,11 @@ class PoolAutoscaler:
         while self.clock() < deadline:
             if member.state != "starting":
                 return
-            url = url or await self._url_of(member)
+            try:
+                url = url or await self._url_of(member)
+            except Exception as exc:  # the driver failing (the tick says so): poll on
+                log.debug("pool %s: no address for %s yet: %s", self.pool.name,
+                          member.replica_id, exc)  # fmt: skip
             if url is None:  # not running yet (a created-only container has no address)
                 await asyncio.sleep(READY_POLL_S)
                 continue
@@ -267,7 +359,8 @@ class PoolAutoscaler:
         """Count the failure and back off before the next start: a start that fails
         for good (a bad image, no runtime) must not spin."""
         self._failures += 1
-        backoff = min(MAX_BACKOFF_S, 2.0**self._failures)
+        self._last_failure = reason
+        backoff = start_backoff(self._failures, cap_s=MAX_BACKOFF_S)
         self._backoff_until = self.clock() + backoff
         log.error(
             "pool %s: start failed: %s (%s); next start in %.0f s",
@@ -299,7 +392,22 @@ class PoolAutoscaler:
     async def _remove(self, member: Member, reason: str) -> None:
         member.busy = True
         if member.instance is not None:
-            await self._stop_instance(member.instance)
+            try:
+                await self._stop_instance(member.instance)
+            except Exception as exc:  # still there: failed, removed again after a backoff
+                if not member.stop_failures:
+                    log.warning(
+                        "pool %s: cannot remove replica %s yet (%s: %s); retrying",
+                        self.pool.name, member.replica_id, type(exc).__name__, exc,
+                    )  # fmt: skip
+                member.stop_failures += 1
+                backoff = start_backoff(member.stop_failures, cap_s=MAX_BACKOFF_S)
+                member.retry_at = self.clock() + backoff
+                member.state, member.busy = "failed", False
+                if member.replica is not None:
+                    member.replica.draining = True
+                self._publish()
+                return
         self.ledger.release(member.replica_id)
         self.members.pop(member.replica_id, None)
         self._publish()

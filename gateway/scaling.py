@@ -49,6 +49,8 @@ start, the worse. Here:
 A sustained overload keeps queueing at full capacity, so it keeps stepping, up to
 ``max_replicas``. A caller that does not tell the queued part (``queued`` = 0) gets rules
 1 and 2 but no settling: nothing then tells a backlog from demand.
+
+``start_backoff`` is the pause between failed starts (exponential, capped).
 """
 
 from __future__ import annotations
@@ -82,6 +84,17 @@ ReplicaState = Literal["starting", "ready", "draining", "failed"]
 def replicas_for(concurrency: float, target: float) -> int:
     """ceil(concurrency / target), never negative, immune to float noise."""
     return max(0, math.ceil(concurrency / target - EPS))
+
+
+def start_backoff(failures: int, first_s: float = 2.0, cap_s: float = 60.0) -> float:
+    """Seconds to wait before the next replica start after ``failures`` failed starts in
+    a row (the driver refused, the replica exited or was not healthy in time; the count
+    goes back to 0 when a replica becomes ready): 0 after none, then ``first_s``, doubled
+    with each further failure, never more than ``cap_s``. An image that crashes at once
+    is then tried a few times a minute, not once a tick."""
+    if failures <= 0:
+        return 0.0
+    return min(cap_s, first_s * 2.0 ** min(failures - 1, 64))  # 2.0 ** 1100 overflows
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,10 @@ from gateway.drivers import (
 log = logging.getLogger(__name__)
 
 EVENT_ACTIONS = ("start", "die", "stop", "destroy")
+# The longest any one engine call may take (a stop: this plus its grace); the SDK's default
+# is 60 s. A hung engine then fails calls, which the autoscaler counts and retries, instead
+# of holding its loop; the event stream, open for good, has no such limit.
+API_TIMEOUT_S = 30.0
 EVENTS_RETRY_S = (0.5, 10.0)  # reconnect backoff of the event stream: first, cap
 _END = object()  # the event thread's stream ended
 
@@ -90,7 +94,8 @@ class DockerDriver:
 
     ``client`` (a ``docker.DockerClient``) or ``base_url`` select the engine; by default
     ``docker.from_env()`` (``DOCKER_HOST`` or the local socket). The client is made on
-    first use, in a thread, since making one already talks to the engine.
+    first use, in a thread, since making one already talks to the engine; its calls time
+    out after ``API_TIMEOUT_S``.
     ``init`` runs Docker's tiny init as PID 1 so SIGTERM reaches the server even when the
     image does not handle signals itself; stops then drain instead of waiting for SIGKILL.
     """
@@ -123,6 +128,7 @@ class DockerDriver:
                     base_url = self._base_url
                     self._client_obj = await asyncio.to_thread(
                         docker.from_env if base_url is None else docker.DockerClient,
+                        timeout=API_TIMEOUT_S,
                         **({} if base_url is None else {"base_url": base_url}),
                     )
         return self._client_obj
@@ -227,8 +233,9 @@ class DockerDriver:
         Each call opens its own stream, starting from the moment of the call (a second
         before, for clock granularity): nothing after ``events()`` is missed even though
         the subscription itself happens on the first ``__anext__``. The stream reconnects
-        after an engine restart from the last event seen. Hints may repeat; never rely on
-        them for correctness."""
+        after an engine restart from the last event seen (logged when the stream is lost
+        and when it is back, not at each failed reconnect). Hints may repeat; never rely
+        on them for correctness."""
         return self._event_stream(f"{time.time() - 1.0:.9f}")
 
     async def close(self) -> None:
@@ -330,6 +337,7 @@ class DockerDriver:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
         backoff = EVENTS_RETRY_S[0]
+        lost = False  # the stream ended or could not be opened, and is not back yet
         while not self._closing.is_set():
             try:
                 client = await self._client()
@@ -337,8 +345,15 @@ class DockerDriver:
                     client.api.events, since=since, filters=filters, decode=True
                 )
             except Exception as exc:
-                log.warning("docker: cannot watch events (%s); retrying in %.1f s", exc, backoff)
+                log.log(
+                    logging.DEBUG if lost else logging.WARNING,
+                    "docker: cannot watch events (%s); retrying with backoff", exc,
+                )  # fmt: skip
+                lost = True
             else:
+                if lost:
+                    log.info("docker: watching events again")
+                    lost = False
                 self._streams.add(stream)
                 threading.Thread(
                     target=_pump, args=(stream, deliver), name="docker-events", daemon=True
@@ -359,6 +374,7 @@ class DockerDriver:
                         stream.close()
                 if not self._closing.is_set():
                     log.warning("docker: event stream ended; reconnecting in %.1f s", backoff)
+                    lost = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), backoff)
             backoff = min(backoff * 2, EVENTS_RETRY_S[1])
