@@ -46,6 +46,8 @@ FORWARDING = frozenset(
 _NOT_REMOVABLE = HOP_BY_HOP | {"", "close", "host"}
 _REQUEST_SPECIAL = HOP_BY_HOP | FORWARDING | {"host", "x-request-id"}
 _RESPONSE_DROP = HOP_BY_HOP | {"x-request-id"}  # the gateway sets its own on every answer
+# RFC 3986 uri-host (an IP literal in brackets, or a reg-name / IPv4) and an optional port
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(:[0-9]*)?")
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # fit for a header and a log line
 
 
@@ -56,6 +58,7 @@ class RequestHeaders:
     end_to_end: Headers  # to send on as they are, Host included
     forwarding: Headers  # the client's Forwarded, X-Forwarded-*, X-Real-IP
     hosts: int  # how many Host headers came
+    host: str  # the first one's value ("" if none)
     request_id: str | None  # the client's first X-Request-ID, not yet checked
 
 
@@ -69,6 +72,7 @@ def split_request(headers: Iterable[tuple[str, str]]) -> RequestHeaders:
     forwarding: Headers = []
     named: set[str] = set()
     hosts = 0
+    host = ""
     request_id = None
     for name, value in headers:
         low = name.lower()
@@ -77,6 +81,7 @@ def split_request(headers: Iterable[tuple[str, str]]) -> RequestHeaders:
                 kept.append((name, value))
         elif low == "host":
             hosts += 1
+            host = host or value
             kept.append((name, value))
         elif low in FORWARDING:
             forwarding.append((name, value))
@@ -87,7 +92,7 @@ def split_request(headers: Iterable[tuple[str, str]]) -> RequestHeaders:
     named -= _NOT_REMOVABLE
     if named:
         kept, forwarding = _without(kept, named), _without(forwarding, named)
-    return RequestHeaders(kept, forwarding, hosts, request_id)
+    return RequestHeaders(kept, forwarding, hosts, host, request_id)
 
 
 def response_headers(headers: Iterable[tuple[str, str]]) -> Headers:
@@ -148,13 +153,19 @@ def safe_request_id(value: str | None) -> str | None:
     return value if value is not None and _SAFE_REQUEST_ID.fullmatch(value) else None
 
 
-def request_problem(path: str, version: str, hosts: int) -> str | None:
-    """Why a request must get 400 with nothing forwarded, or None. RFC 9112 3.2: one
-    Host exactly (HTTP/1.0 may omit it: the replica's address is sent then)."""
+def request_problem(path: str, version: str, hosts: int, host: str) -> str | None:
+    """Why a request must get 400 with nothing forwarded, or None. The target must be a
+    path (no absolute form, no ``*``); RFC 9112 3.2: one Host exactly (HTTP/1.0 may omit
+    it: the replica's address is sent then), whose value is a host and optional port, so
+    a replica that builds URLs from it never gets ``a/b`` or ``user@host``."""
+    if not path.startswith("/"):
+        return "the request target must be a path"
     if hosts > 1:
         return "more than one Host header"
     if hosts == 0 and version != "1.0":
         return "no Host header"
+    if hosts and not _HOST.fullmatch(host):
+        return "the Host header is not a host[:port]"
     if has_dot_segment(path):
         return "dot-segments in the request path"
     return None

@@ -353,9 +353,13 @@ class Pool:
 
     def _dispatch(self) -> None:
         """Hand free slots to waiters, oldest first; a waiter that excludes every free
-        replica (a retry) does not block the ones behind it."""
+        replica (a retry) does not block the ones behind it. A waiter whose request was
+        cancelled but has not run yet is passed over (it withdraws itself): a slot handed
+        to it would be counted in flight and never given back."""
         while self._waiters:
             for waiter in self._waiters:
+                if waiter.future.done():
+                    continue
                 replica = self._pick(waiter.exclude)  # the oldest first: none ahead
                 if replica is not None:
                     break

@@ -176,7 +176,7 @@ class Proxy:
     async def handle(self, exchange: Exchange) -> None:
         head = split_request(exchange.headers)
         request_id = safe_request_id(head.request_id) or f"{self._ids.getrandbits(128):032x}"
-        problem = request_problem(exchange.path, exchange.version, head.hosts)
+        problem = request_problem(exchange.path, exchange.version, head.hosts, head.host)
         if problem is not None:  # refused before routing: nothing of it reaches a replica
             error_response(exchange, 400, problem, [("X-Request-ID", request_id)])
             return

@@ -35,7 +35,7 @@ class Recorder:
     def client_refused(self, reason: str) -> None:
         """A client limit refused a request or let a connection go (``reason``: the
         limit: request_line, header_size, header_fields, header_timeout, write_timeout,
-        body_timeout, body_buffer, connections, connections_per_ip, malformed)."""
+        body_timeout, body_buffer, connections, connections_per_ip, malformed, transfer_coding)."""
 
     def ejection(self, pool: str, replica: str) -> None:
         """Passive outlier detection ejected a replica."""

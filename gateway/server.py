@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
+import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -94,6 +96,7 @@ class Exchange:
         "remote",
         "started",
         "target",
+        "transfer_encoding",
         "version",
     )
 
@@ -115,11 +118,15 @@ class Exchange:
         self.remote = conn.remote
         self.keep_alive = keep_alive
         self.content_length: int | None = None
+        self.transfer_encoding = ""  # its codings, all fields joined
         self.expect_continue = False
         for name, value in headers:  # the few the server itself acts on
             low = name.lower()
             if low == "content-length":
                 self.content_length = int(value) if value.isdigit() else None
+            elif low == "transfer-encoding":
+                te = self.transfer_encoding
+                self.transfer_encoding = f"{te}, {value}" if te else value
             elif low == "expect":
                 self.expect_continue = value.lower() == "100-continue" and version == "1.1"
         self.complete = False  # the whole request body has arrived
@@ -352,7 +359,15 @@ class _Connection(asyncio.Protocol):
             # a request asking to switch protocols (h2c, websocket): answered as plain
             # HTTP/1.1, which the client must accept; the connection ends after it
             if self.queue:
-                self.queue[-1].keep_alive = False
+                upgrading = self.queue[-1]
+                upgrading.keep_alive = False
+                if upgrading.content_length or upgrading.transfer_encoding:
+                    # llhttp stops at the head, so its body would be lost: refused,
+                    # by its own reader (a BadRequest), never forwarded without it
+                    upgrading.complete = False
+                    self.malformed = "a request offering an upgrade may not have a body"
+                    self._stop(400, self.malformed, "malformed")
+                    self.owes_answer = False
             self.pause_reading()
         except httptools.HttpParserError as exc:
             self._pieces.clear()
@@ -430,6 +445,16 @@ class _Connection(asyncio.Protocol):
             self._headers,
             parser.should_keep_alive(),
         )
+        codings = exchange.transfer_encoding
+        if codings and (exchange.version == "1.0" or codings.lower().strip() != "chunked"):
+            # RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing
+            # (a 1.0 hop before us may have framed it otherwise); a coding before chunked
+            # would reach the replica undone, under a Content-Length, unannounced
+            if exchange.version == "1.0":
+                self._stop(400, "Transfer-Encoding in an HTTP/1.0 request", "malformed")
+            else:
+                self._stop(501, "transfer codings other than chunked", "transfer_coding")
+            raise _Stopped
         self.head_since = None
         self._head_size = 0  # from here on, what comes is the trailers' share
         self.parsing = exchange
@@ -465,10 +490,7 @@ class _Connection(asyncio.Protocol):
             exchange = self.queue[0]
             server.active += 1
             try:
-                if not exchange.target.startswith("/"):
-                    error_response(exchange, 400, "the request target must be a path")
-                else:
-                    await server.handler(exchange)
+                await server.handler(exchange)
             except asyncio.CancelledError:
                 if not self.lost:  # the server is closing
                     raise
@@ -562,6 +584,30 @@ class _Connection(asyncio.Protocol):
             and now - self.idle_since >= limits.idle_timeout_s
         ):
             self.close()
+        elif (
+            self.reading_paused
+            and self.queue
+            and not self.queue[0].started
+            and self._peer_closed()  # a hang-up the paused transport cannot see
+        ):
+            self.transport.abort()
+
+    def _peer_closed(self) -> bool:
+        """Has the client closed its side with nothing unread before the end? A peek,
+        since with reading paused (pipelined requests queued, a body nobody reads yet)
+        the loop does not read the end, and a request whose client left would hold its
+        replica's slot until the answer. An end behind unread bytes stays unseen."""
+        assert self.transport is not None
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        with socket.socket(fileno=os.dup(sock.fileno())) as peek:
+            try:
+                return peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True  # reset
 
     # -- I/O helpers -------------------------------------------------------------------
 

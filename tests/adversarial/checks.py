@@ -84,6 +84,9 @@ async def play(
 
 def records_of(stack: Stack, stream: Stream) -> dict[str, list[Forwarded]]:
     """What the replica got for each of the stream's tokens."""
+    assert stack.replica.unframed == [], (
+        f"the replica got bytes that are no request: {stack.replica.unframed}"
+    )
     mine = set(stream.tokens)
     got: dict[str, list[Forwarded]] = {t: [] for t in stream.tokens}
     for record in stack.replica.requests:

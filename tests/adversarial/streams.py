@@ -9,10 +9,12 @@ Three kinds:
   body, framed by one Content-Length (none for an empty body on a method that has none),
   with the header rules applied, and be answered 200 with the replica's digest;
 * ``soft``: well-formed HTTP but refused by the gateway's rules (a dot-segment path, a
-  target that is not a path, no or two Host fields): 400, nothing forwarded, and the
-  connection goes on (these are bodiless, so nothing of them is left unread);
-* ``fatal``: bad framing or syntax: a 4xx (``statuses``), nothing of it forwarded, and
-  the connection closes after it; no byte after it is read as a request.
+  target that is not a path, no or two Host fields, a Host value that is no host): 400,
+  nothing forwarded, and the connection goes on (these are bodiless, so nothing of them
+  is left unread);
+* ``fatal``: bad framing or syntax: a 4xx (``statuses``; 501 for a transfer coding the
+  gateway does not apply, as RFC 9112 6.1 has it), nothing of it forwarded, and the
+  connection closes after it; no byte after it is read as a request.
 """
 
 from __future__ import annotations
@@ -292,7 +294,7 @@ def framing(draw: st.DrawFn, method: str, body: bytes) -> tuple[list[Field], Chu
         return [Field(name, value, "framing", draw(WHITESPACE), draw(WHITESPACE))], None
     name = draw(recased("Transfer-Encoding")).encode()
     value = draw(recased("chunked")).encode()
-    # no HTAB after "chunked": llhttp refuses it (test_known_bugs), though it is OWS
+    # no HTAB after "chunked": llhttp refuses it (test_found_bugs), though it is OWS
     field_ = Field(name, value, "framing", draw(WHITESPACE), draw(SPACES))
     return [field_], draw(chunked_bodies(body))
 
@@ -372,7 +374,7 @@ def closing(spec: Spec, how: str = "close") -> Spec:
     ``Connection: close`` (any case), or for a bodiless one an offer to upgrade the
     connection, which the gateway answers as plain HTTP/1.1 and then closes."""
     fields, body, chunked = spec.fields, spec.body, spec.chunked
-    if how == "upgrade":  # bodiless: one with a body loses it (test_known_bugs)
+    if how == "upgrade":  # bodiless: one with a body is refused (FATAL, test_found_bugs)
         fields = tuple(f for f in fields if f.role not in ("framing", "expect"))
         body, chunked = b"", None
         extra = (Field(b"Connection", b"Upgrade", "close"), Field(b"Upgrade", b"websocket", "hop"))
@@ -397,18 +399,24 @@ SOFT_TARGETS = (
 )
 
 
+BAD_HOSTS = [b"x y", b"a/b", b"a@b", b"x:8o", b"[::1", b"a?b", b"a#b"]  # RFC 9112 3.2: 400
+
+
 @st.composite
 def soft_requests(draw: st.DrawFn) -> Spec:
     """Bodiless requests the gateway must refuse with 400 and keep the connection."""
     method = draw(st.sampled_from(["GET", "DELETE", "OPTIONS", "HEAD"]))
     token = Field(b"X-Token", b"", "token")
     host = Field(b"Host", b"x", "host")
-    what = draw(st.sampled_from(["target", "no host", "two hosts"]))
+    what = draw(st.sampled_from(["target", "no host", "two hosts", "bad host"]))
     if what == "target":
         target, why = draw(st.sampled_from(SOFT_TARGETS))
         fields = [host, token]
     elif what == "no host":
         target, why, fields = draw(targets()), "no Host", [token]
+    elif what == "bad host":
+        bad = Field(draw(recased("Host")).encode(), draw(st.sampled_from(BAD_HOSTS)), "host")
+        target, why, fields = draw(targets()), "a Host value that is no host", [bad, token]
     else:
         second = Field(draw(recased("Host")).encode(), draw(st.sampled_from(HOSTS)), "host")
         target, why, fields = draw(targets()), "two Host fields", [host, second, token]
@@ -458,14 +466,26 @@ FATAL: tuple[tuple[str, frozenset[int], bytes], ...] = tuple(
         ("Content-Length in the trailers", {400},
          _raw(CHUNKED, b"3\r\nabc\r\n0\r\nContent-Length: 5\r\n\r\n")),
         ("obs-fold in the trailers", {400}, _raw(CHUNKED, b"3\r\nabc\r\n0\r\nT: a\r\n b\r\n\r\n")),
-        ("Transfer-Encoding gzip alone", {400}, _raw(POST + b"Transfer-Encoding: gzip\n", b"abc")),
-        ("Transfer-Encoding chunked, gzip", {400},
+        # codings other than chunked: 501 (RFC 9112 6.1), or 400 where llhttp refuses first
+        ("Transfer-Encoding gzip alone", {400, 501}, _raw(POST + b"Transfer-Encoding: gzip\n", b"abc")),
+        ("Transfer-Encoding chunked, gzip", {400, 501},
          _raw(POST + b"Transfer-Encoding: chunked, gzip\n", b"3\r\nabc\r\n0\r\n\r\n")),
-        ("Transfer-Encoding chunked twice", {400},
+        ("Transfer-Encoding gzip, chunked", {400, 501},
+         _raw(POST + b"Transfer-Encoding: gzip, chunked\n", b"3\r\nabc\r\n0\r\n\r\n")),
+        ("Transfer-Encoding gzip, then chunked in a second field", {400, 501},
+         _raw(POST + b"Transfer-Encoding: gzip\nTransfer-Encoding: chunked\n", b"3\r\nabc\r\n0\r\n\r\n")),
+        ("Transfer-Encoding chunked twice", {400, 501},
          _raw(POST + b"Transfer-Encoding: chunked\nTransfer-Encoding: chunked\n", b"3\r\nabc\r\n0\r\n\r\n")),
-        ("Transfer-Encoding chunked with a parameter", {400},
+        ("Transfer-Encoding chunked with a parameter", {400, 501},
          _raw(POST + b"Transfer-Encoding: chunked;q=1\n", b"3\r\nabc\r\n0\r\n\r\n")),
-        ("Transfer-Encoding identity", {400}, _raw(POST + b"Transfer-Encoding: identity\n")),
+        ("Transfer-Encoding identity", {400, 501}, _raw(POST + b"Transfer-Encoding: identity\n")),
+        ("Transfer-Encoding in an HTTP/1.0 request", {400},
+         _raw(b"POST /f HTTP/1.0\nHost: x\nX-Token: {token}\nConnection: keep-alive\n"
+              b"Transfer-Encoding: chunked\n", b"3\r\nabc\r\n0\r\n\r\n")),
+        ("an upgrade offer with a body", {400},
+         _raw(POST + b"Connection: Upgrade\nUpgrade: h2c\nContent-Length: 3\n", b"abc")),
+        ("an upgrade offer with a chunked body", {400},
+         _raw(CHUNKED + b"Connection: Upgrade\nUpgrade: h2c\n", b"3\r\nabc\r\n0\r\n\r\n")),
         ("NUL in a field value", {400}, _raw(POST + b"X-A: b\x00c\n")),
         ("NUL in a field name", {400}, _raw(POST + b"X-\x00A: b\n")),
         ("a control byte in a field value", {400}, _raw(POST + b"X-A: b\x01c\n")),

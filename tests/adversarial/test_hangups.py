@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from hypothesis import event, given, settings
+from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
 from gateway.server import HIGH_WATER
@@ -21,9 +21,9 @@ from tests.adversarial.wire import AnswerReader, connect
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 PROFILE = settings.get_profile("adversarial")
-# 2 s is past the settle window: only a gateway that cancels what the client left
-# comes to rest in time
-LONG_MS = 2000
+# past the 1 s settle window: only a gateway that cancels what the client left comes
+# to rest in time
+LONG_MS = 1500
 delays = st.sampled_from([0, 20, 50, LONG_MS])
 
 
@@ -56,6 +56,17 @@ async def test_a_client_hanging_up_after_any_prefix_leaves_nothing_in_flight(
     else:
         upto = int(cut_at * len(stream.data))
     whole = sum(1 for end in stream.ends if end <= upto)  # requests sent to the last byte
+    # The gateway stops reading a client with more than max_pipelined requests queued,
+    # or a body past its high-water mark that nobody reads yet, and sees a hang-up then
+    # only at its next sweep (a peek, about a second later; test_found_bugs.py): a
+    # request at the replica runs on until then. Such a stream is played here only if
+    # its requests are quick.
+    heads = [i for i, end in enumerate(stream.head_ends) if end <= upto]
+    deaf = len(heads) > LIMITS["max_pipelined"] or any(
+        len(specs[i].body) > HIGH_WATER for i in heads
+    )
+    assume(not deaf or all(specs[i].delay_ms < LONG_MS for i in heads))
+    event(f"the gateway may not be reading at the hang-up: {deaf}")
     client = await connect(stack.port)
     await write_pieces(client, stream.pieces(cuts, upto))
     wire = AnswerReader(client)
@@ -74,13 +85,5 @@ async def test_a_client_hanging_up_after_any_prefix_leaves_nothing_in_flight(
         await asyncio.sleep(0)
     client.close(reset=how == "reset")
 
-    # The gateway stops reading a client with more than max_pipelined requests queued,
-    # or a body past its high-water mark that nobody reads yet; it cannot see the
-    # hang-up then (test_known_bugs.py), and a request at the replica runs its course.
-    heads = [i for i, end in enumerate(stream.head_ends) if end <= upto]
-    deaf = len(heads) > LIMITS["max_pipelined"] or any(
-        len(specs[i].body) > HIGH_WATER for i in heads
-    )
-    event(f"the gateway may not have been reading at the hang-up: {deaf}")
-    await stack.settle(within=LONG_MS / 1000 + 1 if deaf else 1)
+    await stack.settle()
     check_hung_up(stack, stream, upto, answers)

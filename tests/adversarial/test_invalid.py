@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from tests.adversarial.checks import check_answered, play, stream_of
 from tests.adversarial.streams import (
+    BAD_HOSTS,
     FATAL,
     SOFT_TARGETS,
     Field,
@@ -48,6 +49,8 @@ SOFT = [
     Spec("GET", "/p", (Field(b"X-Token", b"", "token"),), why="no Host"),
     Spec("GET", "/p", (Field(b"Host", b"x", "host"), Field(b"host", b"y", "host"),
                        Field(b"X-Token", b"", "token")), why="two Host fields"),
+    *(Spec("GET", "/p", (Field(b"Host", host, "host"), Field(b"X-Token", b"", "token")),
+           why=f"Host {host.decode()}") for host in BAD_HOSTS),
 ]  # fmt: skip
 
 

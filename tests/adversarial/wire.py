@@ -4,11 +4,12 @@ a client-side reader of the gateway's answers.
 The replica is a raw asyncio TCP server on 127.0.0.1 (no HTTP library between it and the
 socket) with a small parser of its own that is stricter than any server a gateway may
 sit in front of: it notes every framing or syntax liberty the gateway takes (a second
-Content-Length, any Transfer-Encoding, obs-fold, a bare CR or LF, a NUL, a header name
-that is not a token, whitespace before a colon or around a value) in the request's
-``problems``. It answers each request at once (or after ``X-Delay-Ms``) with a digest
-of what it got: method, target, body length and SHA-256, and the ``X-Token`` it was
-sent, in headers and in a JSON body, so the client can check the answer is its own.
+Content-Length, any Transfer-Encoding, obs-fold, a bare CR or LF, a NUL, a field name
+that is not a token, whitespace before a colon, a version other than HTTP/1.1) in the
+request's ``problems``, and what it cannot frame at all in ``unframed``. It answers each
+request at once (or after ``X-Delay-Ms``) with a digest of what it got: method, target,
+body length and SHA-256, and the ``X-Token`` it was sent, in headers and in a JSON body,
+so the client can check that the answer is its own.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 import orjson
 
 TOKEN_CHARS = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 5.6.2 token
+CONTROL = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]")  # neither HTAB nor a line end
 READ_TIMEOUT_S = 2.0  # an answer from a replica on loopback takes milliseconds
 
 
@@ -58,17 +60,14 @@ class Forwarded:
 
 
 class RecordingReplica:
-    """The replica: every request it parsed is appended to ``requests``, every connection's
-    raw input is kept in ``raw`` (by connection number), and a connection whose input it
-    could not frame is noted in ``unframed`` and closed."""
+    """The replica: every request it read is appended to ``requests`` (its head as the
+    exact bytes that came, its body as the bytes its one Content-Length framed); bytes it
+    could not frame as a request are kept in ``unframed``, and their connection closed."""
 
     def __init__(self) -> None:
         self.requests: list[Forwarded] = []
-        self.raw: dict[int, bytearray] = {}
-        self.unframed: list[tuple[int, bytes]] = []
-        self.open_connections = 0
+        self.unframed: list[bytes] = []
         self._server: asyncio.Server | None = None
-        self._conns = 0
         self.port = 0
 
     async def start(self) -> RecordingReplica:
@@ -86,55 +85,49 @@ class RecordingReplica:
         return [r for r in self.requests if r.token == token]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._conns += 1
-        number = self._conns
-        raw = self.raw[number] = bytearray()
         buffer = bytearray()
-        self.open_connections += 1
         try:
-            while True:
-                request = await self._read_request(reader, buffer, raw)
-                if request is None:
-                    if buffer:
-                        self.unframed.append((number, bytes(buffer)))
-                    return
+            while (request := await self._read_request(reader, buffer)) is not None:
                 self.requests.append(request)
+                if request.problems:
+                    return  # framed wrongly, maybe: what follows cannot be trusted
                 delay = request.header_values("x-delay-ms")
                 if delay and delay[0].isdigit():
                     await asyncio.sleep(int(delay[0]) / 1000)
                 writer.write(self._answer(request))
                 await writer.drain()
+            if buffer:
+                self.unframed.append(bytes(buffer))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
-            self.open_connections -= 1
             writer.close()
 
     @staticmethod
-    async def _fill(reader: asyncio.StreamReader, buffer: bytearray, raw: bytearray) -> bool:
+    async def _fill(reader: asyncio.StreamReader, buffer: bytearray) -> bool:
         data = await reader.read(65536)
         buffer += data
-        raw += data
         return bool(data)
 
     async def _read_request(
-        self, reader: asyncio.StreamReader, buffer: bytearray, raw: bytearray
+        self, reader: asyncio.StreamReader, buffer: bytearray
     ) -> Forwarded | None:
+        """The next request on the connection; None at its end, or (what is left is then
+        in ``buffer``) when the bytes are no request."""
         while (end := buffer.find(b"\r\n\r\n")) < 0:
-            if not await self._fill(reader, buffer, raw):
+            if not await self._fill(reader, buffer):
                 return None
         head = bytes(buffer[: end + 4])
-        del buffer[: end + 4]
         request = parse_head(head)
         if request is None:
-            self.unframed.append((-1, head))
             return None
-        if request.header_values("transfer-encoding"):
-            return None  # a strict server cannot frame it: nothing more is read
+        del buffer[: end + 4]
+        if request.problems:  # e.g. Transfer-Encoding: no body is read
+            return request
         lengths = request.header_values("content-length")
-        size = int(lengths[0]) if len(lengths) == 1 and lengths[0].isdigit() else 0
+        size = int(lengths[0]) if lengths else 0
         while len(buffer) < size:
-            if not await self._fill(reader, buffer, raw):
+            if not await self._fill(reader, buffer):
                 request.problems.append("connection closed inside the body")
                 return request
         request.body = bytes(buffer[:size])
@@ -167,6 +160,8 @@ def parse_head(head: bytes) -> Forwarded | None:
         problems.append("bare CR or LF in the head")
     if b"\x00" in body:
         problems.append("NUL in the head")
+    if CONTROL.search(body.replace(b"\r\n", b"\n")):
+        problems.append("a control byte in the head")
     lines = body.split(b"\r\n")
     parts = lines[0].split(b" ")
     if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):

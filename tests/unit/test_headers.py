@@ -176,19 +176,32 @@ def test_has_dot_segment(path: str, dot: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    ("path", "version", "hosts", "problem"),
+    ("path", "version", "hosts", "host", "problem"),
     [
-        ("/p", "1.1", 1, None),
-        ("/p", "1.0", 1, None),
-        ("/p", "1.0", 0, None),
-        ("/p", "1.1", 0, "no Host header"),
-        ("/p", "1.1", 2, "more than one Host header"),
-        ("/p", "1.0", 2, "more than one Host header"),
-        ("/p/../q", "1.1", 1, "dot-segments in the request path"),
+        ("/p", "1.1", 1, "x", None),
+        ("/p", "1.0", 1, "x", None),
+        ("/p", "1.0", 0, "", None),
+        ("/p", "1.1", 0, "", "no Host header"),
+        ("/p", "1.1", 2, "x", "more than one Host header"),
+        ("/p", "1.0", 2, "x", "more than one Host header"),
+        ("/p/../q", "1.1", 1, "x", "dot-segments in the request path"),
+        ("*", "1.1", 1, "x", "the request target must be a path"),
+        ("http://a/p", "1.1", 1, "x", "the request target must be a path"),
+        ("/p", "1.1", 1, "gw.example:8080", None),
+        ("/p", "1.1", 1, "10.0.0.1", None),
+        ("/p", "1.1", 1, "[::1]:80", None),
+        ("/p", "1.1", 1, "", None),  # empty is allowed (RFC 9112 3.2: no authority)
+        ("/p", "1.1", 1, "x y", "the Host header is not a host[:port]"),
+        ("/p", "1.1", 1, "a/b", "the Host header is not a host[:port]"),
+        ("/p", "1.1", 1, "a@b", "the Host header is not a host[:port]"),
+        ("/p", "1.1", 1, "x:8o", "the Host header is not a host[:port]"),
+        ("/p", "1.1", 1, "[::1", "the Host header is not a host[:port]"),
     ],
 )
-def test_request_problem(path: str, version: str, hosts: int, problem: str | None) -> None:
-    assert request_problem(path, version, hosts) == problem
+def test_request_problem(
+    path: str, version: str, hosts: int, host: str, problem: str | None
+) -> None:
+    assert request_problem(path, version, hosts, host) == problem
 
 
 BASE = {"routes": [{"path": "/", "pool": "d"}], "pools": {"d": {"backends": ["http://a:1"]}}}
