@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
+from pydantic import ValidationError
 
 from gateway.metrics import CONTENT_TYPE
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 WEAK_TOKENS = frozenset({"change-me", "changeme", "secret", "token", "admin"})
+MIN_TOKEN_CHARS = 16  # a shorter token is refused: the admin API can start replicas
 _POOL = {"$ref": "#/components/schemas/Pool"}
 _ERROR = {"description": "error", "content": {"application/json": {}}}
 OPENAPI: dict[str, Any] = {
@@ -145,10 +147,20 @@ class AdminApi:
         self.refresh_token()
 
     def refresh_token(self) -> None:
+        """Read the token; a placeholder or a short one leaves the admin routes off, as
+        no token does (they can start GPU containers and reload the config)."""
         admin = self.gateway.config.admin
-        self.token = read_token(admin.token_env, admin.token_file)
-        if self.token in WEAK_TOKENS:
-            log.warning("the admin token is a well-known placeholder: set a secret one")
+        token = read_token(admin.token_env, admin.token_file)
+        if token is not None and (token in WEAK_TOKENS or len(token) < MIN_TOKEN_CHARS):
+            why = "a well-known placeholder" if token in WEAK_TOKENS else "too short"
+            log.error(
+                "the admin token is %s: the admin API stays off until one of at least %d "
+                "random characters is set",
+                why,
+                MIN_TOKEN_CHARS,
+            )
+            token = None
+        self.token = token
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth])
@@ -194,17 +206,24 @@ class AdminApi:
         scaler = self.gateway.autoscalers.get(name)
         if scaler is None:
             return json_error(409, f"pool {name!r} is not autoscaled")
+        usage = "body must be {min_replicas?: int >= 0, max_replicas?: int >= 1}, min <= max"
         try:
             body = orjson.loads(await request.read())
-            assert isinstance(body, dict) and body.keys() <= {"min_replicas", "max_replicas"}
-            low = body.get("min_replicas", scaler.settings.min_replicas)
-            high = body.get("max_replicas", scaler.settings.max_replicas)
-            assert isinstance(low, int) and isinstance(high, int) and 0 <= low <= high and high >= 1
-        except (orjson.JSONDecodeError, AssertionError):
-            return json_error(
-                400, "body must be {min_replicas?: int >= 0, max_replicas?: int >= 1}, min <= max"
-            )
-        scaler.apply(scaler.settings.model_copy(update={"min_replicas": low, "max_replicas": high}))
+        except orjson.JSONDecodeError:
+            return json_error(400, usage)
+        if (
+            not isinstance(body, dict)
+            or not body.keys() <= {"min_replicas", "max_replicas"}
+            or any(type(v) is not int for v in body.values())
+        ):
+            return json_error(400, usage)
+        try:  # the config's own bounds, not a second copy of them
+            settings = scaler.settings.model_validate({**scaler.settings.model_dump(), **body})
+        except ValidationError as exc:
+            return json_error(400, f"{usage}: {exc.errors()[0]['msg']}")
+        if settings.max_replicas < settings.min_replicas:
+            return json_error(400, usage)
+        scaler.apply(settings)
         scaler.wake.set()
         return _json(self._describe(pool))
 

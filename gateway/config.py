@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gateway.drivers.identity import PATTERN as INSTANCE_ID
 from gateway.policies import POLICY_NAMES
 
+MAX_REPLICAS = 1000  # per pool: past this a typo (or a hostile scale call) would start them
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -129,7 +131,7 @@ class Autoscale(_Model):
     gpus_per_replica: int = Field(0, ge=0)
     gpus: Literal["auto", "none"] | tuple[int | str, ...] = "auto"
     min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(8, ge=1)
+    max_replicas: int = Field(8, ge=1, le=MAX_REPLICAS)
     target_concurrency: float = Field(4.0, gt=0)  # in-flight + queued requests per replica
     stable_window_s: float = Field(60.0, gt=0)
     panic_window_s: float = Field(6.0, gt=0)

@@ -60,6 +60,18 @@ async def test_admin_routes_are_off_without_a_token(backend, gateway, client) ->
         assert resp.status == 200
 
 
+@pytest.mark.parametrize("weak", ["admin", "change-me", "short-token-15c"])
+async def test_a_placeholder_or_short_token_leaves_the_admin_routes_off(
+    backend, gateway, client, monkeypatch: pytest.MonkeyPatch, weak: str
+) -> None:
+    monkeypatch.setenv("TEST_GATEWAY_WEAK_TOKEN", weak)
+    b = await backend(ok_handler)
+    gw = await gateway(with_admin(pool_config([b.url]), "TEST_GATEWAY_WEAK_TOKEN"))
+    admin = f"http://127.0.0.1:{gw.admin_port}"
+    async with client.get(f"{admin}/admin/pools", headers=auth(weak)) as resp:
+        assert resp.status == 404
+
+
 async def test_token_from_a_file(backend, gateway, client, tmp_path: Path) -> None:
     b = await backend(ok_handler)
     (tmp_path / "token").write_text(TOKEN + "\n")
@@ -113,6 +125,9 @@ async def test_scale_an_autoscaled_pool(gateway, client, token_env, tmp_path: Pa
         b'{"min_replicas": -1}',
         b'{"min_replicas": 3, "max_replicas": 2}',
         b'{"x": 1}',
+        b'{"max_replicas": 1000000000}',
+        b'{"max_replicas": 2.5}',
+        b'{"max_replicas": true}',
     ):
         async with client.put(url, data=bad, headers=auth()) as resp:
             assert resp.status == 400, bad
