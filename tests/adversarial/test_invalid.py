@@ -3,10 +3,11 @@ Content-Lengths, bad chunk sizes, codings other than chunked), bad syntax (NUL a
 control bytes, obs-fold, bare CR or LF, whitespace before a colon, bad methods and
 versions) and requests past the client limits (request line, header block, body).
 
-Each gets a 4xx of its own, after the answers to the requests before it, which stand;
-then the connection closes; nothing of it, and nothing after it, reaches the replica.
-Requests refused by the gateway's rules rather than the parser (dot-segments, a target
-that is not a path, no or two Host fields) get 400 and the connection goes on."""
+Each gets a 4xx of its own (501 for a transfer coding other than chunked), after the
+answers to the requests before it, which stand; then the connection closes; nothing of
+it, and nothing after it, reaches the replica. Requests refused by the gateway's rules
+rather than the parser (dot-segments, a target that is not a path, no or two Host
+fields, a Host value that is no host) get 400 and the connection goes on."""
 
 from __future__ import annotations
 
@@ -14,7 +15,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.adversarial.checks import check_answered, play, stream_of
+from tests.adversarial.checks import (
+    check_answered,
+    check_forwarded,
+    check_ok_answer,
+    play,
+    records_of,
+    stream_of,
+)
+from tests.adversarial.conftest import MAX_BODY_BYTES
 from tests.adversarial.streams import (
     BAD_HOSTS,
     FATAL,
@@ -25,6 +34,7 @@ from tests.adversarial.streams import (
     ok_requests,
     soft_requests,
 )
+from tests.adversarial.wire import AnswerReader, connect
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 PROFILE = settings.get_profile("adversarial")
@@ -98,10 +108,6 @@ async def test_a_whole_chunked_body_over_the_limit_gets_413_and_the_stream_stays
 ) -> None:
     """Read to its end, an oversized body leaves the connection in step: the gateway may
     close it or go on, and if it goes on, the next request is answered as itself."""
-    from tests.adversarial.checks import check_forwarded, check_ok_answer, records_of
-    from tests.adversarial.conftest import MAX_BODY_BYTES
-    from tests.adversarial.wire import AnswerReader, connect
-
     await stack.fresh()
     follow_up = Spec("POST", "/after", (Field(b"Host", b"x", "host"), Field(b"X-Token", b"", "token"),
                                          Field(b"Content-Length", b"2", "framing")), b"ok")  # fmt: skip
