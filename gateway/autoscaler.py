@@ -46,6 +46,7 @@ MemberState = Literal["starting", "ready", "draining", "failed"]
 READY_POLL_S = 0.2
 STOP_TIMEOUT_S = 10.0  # SIGTERM grace for a replica that has already drained
 MAX_BACKOFF_S = 60.0  # the cap of ``start_backoff`` (also between retries of a failed stop)
+STABLE_S = 60.0  # ready this long, a replica's start counts as good: the backoff resets
 
 
 @dataclass(eq=False)
@@ -60,6 +61,7 @@ class Member:
     busy: bool = False  # a drain or removal task owns it
     stop_failures: int = 0  # failed removals in a row
     retry_at: float = 0.0  # a failed removal is not tried again before then
+    ready_at: float | None = None  # when it passed its health check
 
 
 class PoolAutoscaler:
@@ -85,7 +87,7 @@ class PoolAutoscaler:
         self.scaler = Scaler(ScalingRules.from_config(settings), clock())
         self.apply(settings)
         self._startup_times: deque[float] = deque(maxlen=8)
-        self._failures = 0  # failed starts since a replica was last ready
+        self._failures = 0  # failed starts since a replica last stayed ready STABLE_S
         self._last_failure = ""  # the reason of the latest failed start
         self._backoff_until = 0.0
         self._driver_down_since: float | None = None  # the driver's calls are failing
@@ -205,9 +207,15 @@ class PoolAutoscaler:
             if seen is not None and (instance is None or instance.state == "exited"):
                 if member.state == "starting":
                     self._start_failed("exited", member.replica_id)
+                elif self._crashed_early(member):
+                    self._start_failed("crashed", member.replica_id)
                 self._fail(member, "exited")
             elif member.replica is not None and not member.replica.health.up:
+                if self._crashed_early(member):
+                    self._start_failed("crashed", member.replica_id)
                 self._fail(member, "unhealthy")
+            elif self._failures and self._crashed_early(member) is False:
+                self._failures = 0  # one stayed up: starting works again
         if seen is not None:
             self._sweep(seen)
 
@@ -265,6 +273,15 @@ class PoolAutoscaler:
     def _view(self, member: Member, now: float) -> ReplicaView:
         inflight = member.replica.inflight if member.replica else 0
         return ReplicaView(member.replica_id, member.state, inflight, now - member.since)
+
+    def _crashed_early(self, member: Member) -> bool | None:
+        """Was ``member`` ready for less than ``STABLE_S``? (None: it never was.) A replica
+        that passes its health check and dies soon after is a failed start too, or an
+        image that crashes under its first requests would be restarted every tick, as
+        Kubernetes' CrashLoopBackOff also counts."""
+        if member.ready_at is None:
+            return None
+        return self.clock() - member.ready_at < STABLE_S
 
     def _fail(self, member: Member, why: str) -> None:
         log.warning("pool %s: replica %s %s; replacing it", self.pool.name, member.replica_id, why)
@@ -344,8 +361,8 @@ class PoolAutoscaler:
             self._fail(member, "did not become healthy in time")
             return
         assert url is not None
-        startup_s = self.clock() - member.since
-        self._failures = 0
+        member.ready_at = self.clock()
+        startup_s = member.ready_at - member.since
         self._startup_times.append(startup_s)
         self.pool.expected_start_s = sum(self._startup_times) / len(self._startup_times)
         member.state = "ready"
@@ -357,10 +374,13 @@ class PoolAutoscaler:
 
     def _start_failed(self, reason: str, detail: str) -> None:
         """Count the failure and back off before the next start: a start that fails
-        for good (a bad image, no runtime) must not spin."""
+        for good (a bad image, no runtime) must not spin. A replica that died after it
+        was ready (``crashed``) is replaced at once the first time, since it may have
+        been killed (an OOM, an operator); a second early death in a row backs off."""
         self._failures += 1
         self._last_failure = reason
-        backoff = start_backoff(self._failures, cap_s=MAX_BACKOFF_S)
+        grace = 1 if reason == "crashed" else 0
+        backoff = start_backoff(self._failures - grace, cap_s=MAX_BACKOFF_S)
         self._backoff_until = self.clock() + backoff
         log.error(
             "pool %s: start failed: %s (%s); next start in %.0f s",

@@ -294,3 +294,24 @@ async def test_a_record_of_another_instance_is_not_listed_nor_removed(tmp_path: 
     finally:
         await theirs.stop(instance, timeout_s=5)
     assert await theirs.list("default") == []
+
+
+async def test_a_replica_that_dies_soon_after_it_is_ready_is_restarted_with_backoff(
+    gateway, tmp_path: Path
+) -> None:
+    """Each replica serves for about a second, then dies: a crash loop that passes its
+    health check. Every early death counts as a failed start, and the gaps between
+    starts grow, instead of a restart on every tick."""
+    crash = (
+        "import subprocess, sys, time; "
+        "p = subprocess.Popen([sys.executable, '-m', 'backends.sim', '--port', '{port}']); "
+        "time.sleep(1.0); p.kill()"
+    )
+    config = scaled_config("default", {"driver": "process", "command": ["{python}", "-c", crash]})
+    config["state_dir"] = str(tmp_path)
+    gw = await gateway(config)
+    scaler = gw.autoscalers["default"]
+    await eventually(lambda: scaler._failures >= 2, within=20)
+    text = gw.recorder.exposition().decode()
+    assert 'gateway_replica_start_failures_total{pool="default",reason="crashed"} 2.0' in text
+    assert scaler._backoff_until - gw.clock() > 1.0  # the first: at once; the second: 2 s
