@@ -247,6 +247,7 @@ class PoolAutoscaler:
         """Listing the pool failed: logged when the driver begins to fail, not each time.
         (The listing, made each tick, is what tells a driver that is down.)"""
         self._driver_errors += 1
+        self.recorder.driver_error(self.pool.name)
         if self._driver_down_since is None:
             self._driver_down_since = self.clock()
             log.warning(

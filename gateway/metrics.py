@@ -105,6 +105,10 @@ class PrometheusRecorder(Recorder):
             "gateway_replica_start_failures", "Replica starts that failed, by reason",
             ["pool", "reason"], registry=r,
         )  # fmt: skip
+        self.driver_errors = Counter(
+            "gateway_driver_errors", "Failed listings of a pool's replicas (engine away)",
+            ["pool"], registry=r,
+        )  # fmt: skip
         self.reloads = Counter(
             "gateway_config_reloads", "Config reloads by result (applied, refused)",
             ["result"], registry=r,
@@ -159,6 +163,9 @@ class PrometheusRecorder(Recorder):
 
     def replica_ready(self, pool: str, startup_s: float) -> None:
         self.startup.labels(pool).observe(startup_s)
+
+    def driver_error(self, pool: str) -> None:
+        self.driver_errors.labels(pool).inc()
 
     def start_failed(self, pool: str, reason: str) -> None:
         self.start_failures.labels(pool, reason).inc()

@@ -57,6 +57,9 @@ class Recorder:
     def replica_ready(self, pool: str, startup_s: float) -> None:
         """A started replica passed its health check ``startup_s`` after its start."""
 
+    def driver_error(self, pool: str) -> None:
+        """Listing the pool's replicas through its driver failed (the engine is away)."""
+
     def start_failed(self, pool: str, reason: str) -> None:
         """A replica could not be started (driver error, start-up timeout, no GPU)."""
 

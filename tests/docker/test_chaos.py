@@ -197,8 +197,10 @@ async def test_engine_outage_under_load(
         )
         await asyncio.sleep(2)  # ticks go by: a duplicate would show now
         await load.stop()
-        failed_total = metric(await scrape(http, gw.admin_port),
-                              "gateway_replica_start_failures_total", pool=pool, reason="driver")  # fmt: skip
+        scraped = await scrape(http, gw.admin_port)
+        failed_total = metric(scraped, "gateway_replica_start_failures_total", pool=pool,
+                              reason="driver")  # fmt: skip
+        driver_errors = metric(scraped, "gateway_driver_errors_total", pool=pool)
     after = containers(client, cluster)
     records = [r for r in caplog.records if r.name.startswith("gateway")]
     loud = [r for r in records if r.levelno >= logging.WARNING and
@@ -223,6 +225,7 @@ async def test_engine_outage_under_load(
         containers_before=len(before), during=len(during), after=len(after),
         warnings_during=f"{len(loud)} (ticks {ticks:.0f})", down_logs=len(down),
         back_logs=len(back), failed_driver_calls=failed_calls,
+        driver_errors_counted=int(driver_errors),
         late_creates_removed=len(strays),
         relay_connections=relay.connections,
     )  # fmt: skip
@@ -230,6 +233,7 @@ async def test_engine_outage_under_load(
     assert load.errors() == []
     assert during == before  # nothing could change while the engine was away
     assert failed >= 1  # the third replica's starts failed, and were counted
+    assert driver_errors >= 1 and str(int(driver_errors)) == failed_calls  # each one counted
     assert len(after) == 3 and all(c["State"] == "running" for c in after)
     assert set(before) < set(short_ids(after))  # the two kept, one more: no duplicate
     replica_ids = {c["Labels"][REPLICA] for c in after}
