@@ -445,6 +445,9 @@ class _Connection(asyncio.Protocol):
             self._headers,
             parser.should_keep_alive(),
         )
+        if exchange.version not in ("1.0", "1.1"):  # llhttp parses any d.d
+            self._stop(505, f"HTTP/{exchange.version} is not supported", "malformed")
+            raise _Stopped
         codings = exchange.transfer_encoding
         if codings and (exchange.version == "1.0" or codings.lower().strip() != "chunked"):
             # RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing

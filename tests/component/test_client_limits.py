@@ -283,3 +283,16 @@ async def test_limits_change_on_reload_and_the_descriptor_limit_is_raised(backen
     reader, writer = await connect(gw.port)
     writer.write(b"GET /" + b"a" * 200 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     assert (await read_response(reader))[0] == 414
+
+
+async def test_a_version_other_than_1_0_and_1_1_gets_505_and_reaches_nobody(
+    backend, gateway
+) -> None:
+    b = await backend(ok_handler)
+    gw = await gateway(pool_config([b.url]))
+    for version, expected in ((b"2.0", 505), (b"1.2", 400), (b"3.0", 400)):  # 400: llhttp's
+        reader, writer = await connect(gw.port)
+        writer.write(b"GET / HTTP/" + version + b"\r\nHost: x\r\n\r\n")
+        status, headers, _ = await read_response(reader)
+        assert status == expected and headers["connection"] == "close"
+    assert b.hits == 0
