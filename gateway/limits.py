@@ -27,7 +27,8 @@ How (pure logic; time comes in as an argument):
   replica, as least-connections would; one under it idles slots, and near saturation
   that capacity is what keeps the queue finite. It also keeps the next request waiting
   at a one-slot replica, so the slot does not idle for the round trip through the
-  gateway between two requests.
+  gateway between two requests: a knee read under 1 counts as 1 (on one slot with
+  exponential service times, 2 in flight look 2.7x one alone in a mean of logs).
 * A new replica starts at ``INITIAL``, not at the ceiling: flooded with 64 requests, a
   one-slot replica would answer only from a level far above its knee, with no lower
   level to compare with. The limit doubles while it is reached, its own level is known
@@ -44,7 +45,9 @@ How (pure logic; time comes in as an argument):
   after a knee was found, to probe. So a replica that batches more, or was replaced
   behind the same address, gets its room back, and one that batches less shows
   congestion at a lower level and is limited at once. A replica that merely slows down
-  moves every level alike and keeps its limit.
+  moves every level alike and keeps its limit: the levels it is held at see the change
+  first, so the base is compared at the mean of its last few answers when that is
+  higher (a base that slowed with the rest shows no congestion).
 
 The anchors are Envoy's adaptive concurrency filter and Netflix's concurrency-limits
 (Vegas, Gradient2), which compare latency with a minimum RTT; a minimum is the wrong
@@ -60,6 +63,7 @@ from dataclasses import dataclass, field
 LEVELS = 10  # in-flight counts up to 2**LEVELS - 1 get their own level; more share the last
 MIN_SAMPLES = 16.0  # a level with fewer answers says nothing
 MAX_WEIGHT = 64.0  # a level's running mean weighs each new answer at least 1/64
+RECENT_WEIGHT = 8.0  # and its mean of recent answers, each new answer 1/8
 CONGESTED = math.log(1.5)  # log latency ratio over the baseline that counts as congestion
 Z = 3.0  # and it must exceed this many standard errors of the difference
 FORGET_S = 30.0  # a level without an answer for this long is forgotten
@@ -75,6 +79,7 @@ PROPORTIONAL = 1.25  # a congested level's concurrency at most this x the base's
 class _Level:
     count: float = 0.0  # answers seen, capped at MAX_WEIGHT
     mean: float = 0.0  # of log latency
+    recent: float = 0.0  # of log latency, over about the last RECENT_WEIGHT answers
     var: float = 0.0  # of log latency
     inflight: float = 0.0  # mean in-flight count of its answers
     stamp: float = float("-inf")  # when its last answer came
@@ -85,11 +90,13 @@ class _Level:
     def add(self, log_latency: float, inflight: int, now: float) -> None:
         if now - self.stamp > FORGET_S:  # stale: start over
             self.count, self.mean, self.var, self.inflight = 0.0, log_latency, 0.0, inflight
+            self.recent = log_latency
         self.count = min(self.count + 1.0, MAX_WEIGHT)
         self.stamp = now
         a = 1.0 / self.count
         d = log_latency - self.mean
         self.mean += a * d
+        self.recent += max(a, 1.0 / RECENT_WEIGHT) * (log_latency - self.recent)
         self.var = (1.0 - a) * (self.var + a * d * d)
         self.inflight += a * (inflight - self.inflight)
 
@@ -182,7 +189,7 @@ class ConcurrencyLimit:
             if base is None:
                 base, base_index = level, i
             else:
-                excess = level.mean - base.mean
+                excess = level.mean - max(base.mean, base.recent)
                 noise = Z * math.sqrt(level.stderr2() + base.stderr2())
                 if excess > CONGESTED and excess > noise:
                     concurrency = level.inflight / math.exp(excess)
@@ -192,8 +199,8 @@ class ConcurrencyLimit:
                         # below; hold there until a lower level shows which
                         return min(self.value, max(self.floor, math.ceil(base.inflight)))
                     self._found = True
-                    self.concurrency = max(1.0, concurrency)
-                    limit = math.ceil(HEADROOM * concurrency - 1e-9)
+                    self.concurrency = max(1.0, concurrency)  # a replica serves one at least
+                    limit = math.ceil(HEADROOM * self.concurrency - 1e-9)
                     return min(self.ceiling, max(fine, limit))
             fine = max(fine, int(level.inflight))
         return self.ceiling

@@ -74,6 +74,23 @@ def test_held_at_its_limit_a_replica_is_not_cut_below_what_it_showed() -> None:
     assert limit.value == 2  # one slot and its headroom
 
 
+def test_a_one_slot_replica_keeps_a_request_waiting_through_exponential_noise() -> None:
+    """Exponential service times on one slot: k in flight take the sum of k draws, whose
+    mean of logs grows faster than log k (2 in flight look 2.7x one alone). The knee
+    then reads under 1, which must not take the limit to 1: the slot would idle for
+    every round trip through the gateway."""
+    rng = random.Random(3)
+    limit = ConcurrencyLimit(ceiling=64)
+    now, lowest = 0.0, []
+    for i in range(6000):
+        now += 0.005
+        k = min(rng.randint(1, 4), limit.value)
+        limit.record(sum(rng.expovariate(50.0) for _ in range(k)), k, now)
+        if i >= 1000:
+            lowest.append(limit.value)
+    assert min(lowest) == 2
+
+
 @pytest.mark.parametrize(
     ("slots", "low", "high"),
     [(1, 1, 2), (4, 4, 8), (16, 16, 32)],  # the knee, with its headroom (1.5x, rounded up)
