@@ -262,6 +262,21 @@ class Pool:
             self._record(replica, False, now, may_eject, by_hedging=True)
         self._dispatch()
 
+    def start_probe(self, replica: Replica) -> bool:
+        """May an attempt on ``replica`` that a hedge outran run on as its probe? At most
+        one at a time per replica; its slot stays taken until ``end_probe``."""
+        if replica.probing:
+            return False
+        replica.probing = True
+        return True
+
+    def end_probe(
+        self, replica: Replica, latency_s: float, status: int | None, level: int, kind: str
+    ) -> None:
+        """The probe's outcome, learnt as any answer's (``release``)."""
+        replica.probing = False
+        self.release(replica, latency_s, status, level, kind)
+
     def _record(
         self, replica: Replica, ok: bool, now: float, may_eject: bool, by_hedging: bool = False
     ) -> None:

@@ -5,7 +5,11 @@ then up to ``retries.attempts`` attempts, each on a replica the pool hands out a
 on one already tried. An attempt is retried only while nothing has reached the client:
 on no connection, a reset, a timeout before the response head, or a 502/503/504 from the
 replica, and only inside the pool's retry budget. An attempt slow to get its head is also
-hedged: a backup goes to another replica and the first good head wins (``_Hedge``). Once
+hedged: a backup goes to another replica and the first good head wins (``_Hedge``); the
+attempt it outran is cut, except one per replica at a time, which runs on as the
+replica's probe (its answer dropped, its latency learnt: a replica slowed down keeps
+answering someone, so it is priced as slow, not taken for hung, and seen when it
+recovers). Once
 the response head arrives the body is streamed through as it is produced (SSE, chunked),
 and the replica's slot is held until the last byte, since the model is busy until then.
 A client that hangs up before the response head cancels its request wherever it is
@@ -41,7 +45,7 @@ from gateway.recorder import NULL_RECORDER, Recorder
 from gateway.replica import Replica
 from gateway.retry import RETRYABLE_STATUS
 from gateway.server import BadRequest, BodyBufferFull, BodyTimeout, Exchange, error_response
-from gateway.upstream import ConnectFailed, Upstream, UpstreamError, UpstreamResponse
+from gateway.upstream import ConnectFailed, Detach, Upstream, UpstreamError, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +99,20 @@ class _Hedge:
     """One attempt's backup plan. Armed when the request is written: if no response head
     has come ``delay_s`` later, ``start_backup`` sends a copy to another replica (looked
     for again every ``delay_s`` while none has a free slot), and a good head from the
-    backup ends the first attempt's wait at once. Costs one timer when never needed."""
+    backup ends the first attempt's wait at once with the exception ``outrun`` gives
+    (``_Outrun``, or ``Detach`` for a probe). Costs one timer when never needed."""
 
-    __slots__ = ("_head", "_timer", "backup", "delay_s", "start_backup")
+    __slots__ = ("_head", "_timer", "backup", "delay_s", "outrun", "start_backup")
 
     def __init__(
-        self, start_backup: Callable[[], asyncio.Task[_Answer] | None], delay_s: float
+        self,
+        start_backup: Callable[[], asyncio.Task[_Answer] | None],
+        delay_s: float,
+        outrun: Callable[[], Exception],
     ) -> None:
         self.start_backup = start_backup
         self.delay_s = delay_s
+        self.outrun = outrun
         self.backup: asyncio.Task[_Answer] | None = None
         self._head: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -140,7 +149,7 @@ class _Hedge:
         if head is None or head.done() or backup.cancelled() or backup.exception() is not None:
             return
         if backup.result().response.status not in RETRYABLE_STATUS:
-            head.set_exception(_Outrun())
+            head.set_exception(self.outrun())
 
 
 class Router:
@@ -280,7 +289,18 @@ class Proxy:
             self.recorder.hedge(pool.name)
             return asyncio.ensure_future(self._send(call, replica))
 
-        return _Hedge(start_backup, delay_s)
+        level, kind = replica.inflight, call.exchange.path  # as ``_send`` will see them
+
+        def outrun() -> Exception:
+            if not pool.start_probe(replica):
+                return _Outrun()
+
+            def finished(latency_s: float, status: int | None) -> None:
+                pool.end_probe(replica, latency_s, status, level, kind)
+
+            return Detach(finished)
+
+        return _Hedge(start_backup, delay_s, outrun)
 
     async def _attempt(self, call: _Call, replica: Replica, hedge: _Hedge | None) -> _Answer:
         """``_send``, and the backup attempt ``hedge`` may have added: the answer that
@@ -372,6 +392,8 @@ class Proxy:
             raise _Failed(502, "connect" if isinstance(exc, ConnectFailed) else "reset") from None
         except _Outrun:
             pool.outrun(replica, self.clock() - t0)
+            raise _Failed(504, "outrun") from None
+        except Detach:  # the probe holds the slot until it ends (``pool.end_probe``)
             raise _Failed(504, "outrun") from None
         except BaseException:
             pool.abandon(replica)

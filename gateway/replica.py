@@ -2,7 +2,8 @@
 
 A replica is plain state. The pool owns the set of replicas and is the only writer of
 ``inflight``, ``draining``, ``cap`` and ``slots`` (its concurrency limit, learnt or
-configured, and the concurrency it was learnt from);
+configured, and the concurrency it was learnt from) and ``probing`` (an attempt outrun
+by a hedge runs on: at most one per replica);
 health tracking lives in ``health.ReplicaHealth`` and routing state lives inside each
 policy, keyed by replica id, so a replica carries no behaviour.
 """
@@ -23,6 +24,7 @@ class Replica:
     cap: int = 1  # most requests in flight on it; set by the pool
     slots: float = 1.0  # how many it serves side by side (the knee ``cap`` was learnt from)
     draining: bool = False
+    probing: bool = False
     health: ReplicaHealth = field(default_factory=ReplicaHealth)
     host: str = field(init=False)  # from url, parsed once: the proxy connects to these
     port: int = field(init=False)

@@ -46,6 +46,17 @@ class Disconnected(UpstreamError):
     pass
 
 
+class Detach(Exception):
+    """Set on a request's head future by its caller to stop waiting without ending the
+    exchange: ``request`` raises it at once, and the exchange runs on in the background,
+    its body read and dropped and the connection reused as usual; ``finished`` gets the
+    head's latency from the send and its status (None: no response in time)."""
+
+    def __init__(self, finished: Callable[[float, int | None], None]) -> None:
+        super().__init__()
+        self.finished = finished
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; parses one response at a time. Status, headers and
     length are this exchange's from ``on_headers_complete`` on: the parser never moves on
@@ -70,7 +81,7 @@ class _Connection(asyncio.Protocol):
 
     def begin(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
         self.head = loop.create_future()
-        self.headers, self.body, self.buffered = [], deque(), 0
+        self.status, self.headers, self.body, self.buffered = 0, [], deque(), 0
         self.complete = self.keep_alive = False
         return self.head
 
@@ -240,6 +251,7 @@ class Upstream:
     def __init__(self, keepalive_s: float = 15.0) -> None:
         self.keepalive_s = keepalive_s
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._detached: set[asyncio.Task[None]] = set()
 
     async def request(
         self,
@@ -272,12 +284,20 @@ class Upstream:
         lines.append("\r\n")
         assert conn.transport is not None
         conn.transport.write("".join(lines).encode("utf-8", "surrogateescape") + body)
+        sent_at = loop.time()
         # a timer rather than asyncio.timeout: no task cancellation on the hot path
         timer = loop.call_at(deadline, conn.time_out)
         if sent is not None:
             sent(head)
         try:
             await head
+        except Detach as detach:
+            task = loop.create_task(
+                self._run_detached(conn, key, detach.finished, sent_at, deadline, read_timeout_s)
+            )
+            self._detached.add(task)
+            task.add_done_callback(self._detached.discard)
+            raise
         except BaseException:
             conn.close()  # a cancelled or failed exchange leaves the connection unusable
             raise
@@ -287,7 +307,46 @@ class Upstream:
             conn.complete, conn.keep_alive = True, False
         return UpstreamResponse(self, key, conn, read_timeout_s)
 
+    async def _run_detached(
+        self,
+        conn: _Connection,
+        key: tuple[str, int],
+        finished: Callable[[float, int | None], None],
+        sent_at: float,
+        deadline: float,
+        read_timeout_s: float,
+    ) -> None:
+        """The rest of a detached exchange (``Detach``): the head, under the same deadline
+        (it may have come already: its status is set), then the body, dropped."""
+        loop = asyncio.get_running_loop()
+        status: int | None = None
+        if not conn.status:
+            conn.head = loop.create_future()  # the first one holds the Detach
+            if conn.error is not None:
+                conn.head.set_exception(conn.error)
+            timer = loop.call_at(deadline, conn.time_out)
+            try:
+                await conn.head
+            except (UpstreamError, TimeoutError):
+                conn.close()
+                finished(loop.time() - sent_at, None)
+                return
+            finally:
+                timer.cancel()
+        latency_s = loop.time() - sent_at
+        response = UpstreamResponse(self, key, conn, read_timeout_s)
+        try:
+            await response.read()
+            status = response.status
+        except (UpstreamError, TimeoutError):
+            pass
+        finally:
+            response.release()
+        finished(latency_s, status)
+
     def close(self) -> None:
+        for task in self._detached:
+            task.cancel()
         for conns in self._idle.values():
             for conn in conns:
                 conn.close()

@@ -41,9 +41,9 @@ async def learn_the_tail(client: aiohttp.ClientSession, url: str) -> None:
 
 
 async def settled(pool, replica_ids) -> None:  # type: ignore[no-untyped-def]
-    """Wait for cancelled attempts to hand their slots back."""
+    """Wait for cancelled attempts to hand their slots back (a probe keeps its own)."""
     for _ in range(50):
-        if all(pool.replicas[r].inflight == 0 for r in replica_ids):
+        if all(pool.replicas[r].inflight == pool.replicas[r].probing for r in replica_ids):
             return
         await asyncio.sleep(0.01)
     raise AssertionError({r: pool.replicas[r].inflight for r in replica_ids})
@@ -157,3 +157,33 @@ async def test_a_client_that_leaves_mid_race_frees_both_slots(backend, gateway, 
     assert counter(gw, "gateway_hedges") == 1
     await settled(pool, pool.replicas)
     assert not any(r.health.ejected(pool.clock()) for r in pool.replicas.values())
+
+
+async def test_one_outrun_attempt_per_replica_runs_on_as_its_probe(
+    backend, gateway, client
+) -> None:
+    """A replica that slowed down answers the attempt a backup outran: the gateway waits
+    for that answer in the background (its slot held), learns from it, and drops it;
+    the replica has answered someone, so it is not taken for hung. A second outrun
+    attempt while the probe runs is cut."""
+    slow = asyncio.Event()
+    lagging = await backend(hangs_when(slow, delay_s=0.6))
+    good = await backend(ok_handler)
+    gw = await gateway(pool_config([lagging.url, good.url], policy="round_robin"))
+    await learn_the_tail(client, gw.url)
+    pool = gw.pools["default"]
+    replica = next(r for r in pool.replicas.values() if r.port == lagging.port)
+    answered_before = replica.health.last_head_at
+    slow.set()
+    for _ in range(4):  # round robin: two of them go to the lagging replica first
+        async with client.post(f"{gw.url}/predict") as resp:
+            assert resp.status == 200
+    assert counter(gw, "gateway_hedges_won") >= 2
+    assert replica.probing and replica.inflight == 1  # the probe; the other one was cut
+    for _ in range(100):
+        if not replica.probing:
+            break
+        await asyncio.sleep(0.02)
+    assert replica.inflight == 0 and not replica.probing
+    assert replica.health.last_head_at > answered_before  # its answer came, and counted
+    assert not replica.health.ejected(pool.clock())

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 
-from gateway.upstream import Disconnected, Upstream, UpstreamResponse
+from gateway.upstream import Detach, Disconnected, Upstream, UpstreamResponse
 from tests.component.conftest import pool_config
 from tests.conftest import eventually
 
@@ -228,3 +228,50 @@ async def test_a_5000_digit_content_length_gets_the_client_a_502(
     async with client.post(f"{gw.url}/predict") as resp:
         assert resp.status == 502
     await eventually(lambda: replica.hung_up == replica.connections, within=2)  # none leaked
+
+
+@pytest.mark.parametrize("ending", ["answers", "never answers", "breaks mid-body"])
+async def test_a_detached_exchange_runs_to_its_end_in_the_background(
+    raw_replica, upstream, ending
+) -> None:
+    """The caller stops waiting at once (``Detach`` on the head); the exchange goes on:
+    a full answer is read and dropped and its connection reused, and ``finished`` gets
+    the head's latency and status, or None when no whole answer came."""
+    outcomes: list[tuple[float, int | None]] = []
+
+    async def answer(request: bytes, writer: asyncio.StreamWriter) -> None:
+        if b"/next" in request:
+            writer.write(ok(b"next"))
+        elif ending == "answers":
+            await asyncio.sleep(0.2)
+            writer.write(ok(b"late"))
+        elif ending == "breaks mid-body":
+            await asyncio.sleep(0.2)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+            await writer.drain()
+            writer.close()
+            return
+        else:
+            await asyncio.sleep(1)  # past the head's deadline (0.5 s)
+        await writer.drain()
+
+    def detach(head: asyncio.Future[None]) -> None:
+        head.set_exception(Detach(lambda latency_s, status: outcomes.append((latency_s, status))))
+
+    replica = await raw_replica(answer)
+    with pytest.raises(Detach):
+        await upstream.request(
+            "GET", "127.0.0.1", replica.port, "/", [("Host", "r")], b"", 2, 0.5, 2, detach
+        )
+    assert not outcomes  # the caller was let go before any answer
+    await eventually(lambda: len(outcomes) == 1, within=3)
+    latency_s, status = outcomes[0]
+    if ending == "answers":
+        assert status == 200 and 0.2 <= latency_s < 0.5
+        response = await get(upstream, replica, "/next")
+        assert await response.read() == b"next"
+        assert replica.connections == 1  # the detached exchange's connection, reused
+    else:
+        assert status is None
+        # the deadline counts from before the connect, the latency from the send
+        assert latency_s >= (0.4 if ending == "never answers" else 0.2)
