@@ -207,7 +207,9 @@ class PeakEwma:
       relaxed toward the pool's typical latency (a mean over about ``TYPICAL_SAMPLES``
       answers from any replica) with time constant ``relax_s``, so a replica shunned for
       being slow or failing is tried again within a second or two and, once it answers
-      well, gets its share back. A new answer is blended with what pick saw (the relaxed
+      well, gets its share back. It is tried with one request: while one is on it, its
+      estimate is not relaxed (a burst sent to a replica still 5x slower would be the
+      pool's p99). A new answer is blended with what pick saw (the relaxed
       estimate) when it is lower, and with the stored estimate when it is not, so one
       answer from a replica that is still slow restores what was known about it. A
       replica with no answers yet costs the typical latency: it gets its share at once
@@ -244,15 +246,16 @@ class PeakEwma:
 
     def estimate(self, replica: Replica) -> float:
         """The latency estimate ``pick`` uses now (seconds), before the inflight factor."""
-        return math.exp(self._view(replica.id, self.clock())[0])
+        return math.exp(self._view(replica, self.clock())[0])
 
-    def _view(self, replica_id: str, now: float) -> tuple[float, float]:
+    def _view(self, replica: Replica, now: float) -> tuple[float, float]:
         """(log latency estimate relaxed to ``now``, its squared standard error; inf
-        after a failure, whose penalty is no estimate to tie with)."""
-        s = self._state.get(replica_id)
+        after a failure, whose penalty is no estimate to tie with). While a request is on
+        the replica its estimate is not relaxed: that answer will tell."""
+        s = self._state.get(replica.id)
         if s is None:
             return self._typical, PRIOR_VAR
-        w = math.exp(-max(now - s.stamp, 0.0) / self.relax_s)
+        w = 1.0 if replica.inflight else math.exp(-max(now - s.stamp, 0.0) / self.relax_s)
         noise2 = math.inf if s.penalised else s.noise2()  # inf: a penalty never ties
         return self._typical + (s.mean - self._typical) * w, noise2
 
@@ -262,7 +265,7 @@ class PeakEwma:
         if not candidates:
             return None
         now = self.clock()
-        views = {r.id: self._view(r.id, now) for r in (*candidates, *full)}
+        views = {r.id: self._view(r, now) for r in (*candidates, *full)}
         best_mean, best_noise2 = min(views.values())
 
         def tied(r: Replica) -> bool:
@@ -314,7 +317,7 @@ class PeakEwma:
             if ok:
                 self._learn_typical(x)
             return
-        seen, _ = self._view(replica.id, now)
+        seen, _ = self._view(replica, now)
         if ok:
             self._learn_typical(x)
             start = seen if x < seen else max(s.mean, seen)

@@ -403,6 +403,25 @@ def test_an_idle_penalised_replica_is_tried_again_within_seconds(
     assert policy.pick([bad, good]).id == picked  # type: ignore[union-attr]
 
 
+def test_a_shunned_replica_is_tried_again_with_one_request_at_a_time() -> None:
+    """``hetero``: a replica 5x slower is re-measured once its estimate has relaxed, but
+    while that request is on it, it keeps its estimate: the requests right behind go
+    to the fast ones, not in a burst to the slow one."""
+    policy, clock = peak()
+    slow, fast = replicas("slow", "fast")
+    slow.cap = fast.cap = slow.slots = fast.slots = 4
+    for _ in range(64):
+        policy.on_end(slow, 0.05, True)
+        policy.on_end(fast, 0.01, True)
+    clock.now = 10.0  # the slow one has not answered since: relaxed toward the typical
+    policy.on_end(fast, 0.01, True)
+    fast.inflight = 1
+    first = policy.pick([slow, fast])
+    assert first is slow
+    slow.inflight = 1
+    assert [policy.pick([slow, fast]) for _ in range(5)] == [fast] * 5
+
+
 def test_a_recovered_replica_gets_its_share_back_within_seconds() -> None:
     """``degrade``'s last phase: a replica that was 5x slower answers at its old pace
     again; within a few seconds it is picked as often as the others."""
