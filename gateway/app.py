@@ -19,7 +19,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,23 +27,26 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 from aiohttp import web
+from pydantic import ValidationError
 
-from gateway.admin import AdminApi
-from gateway.autoscaler import PoolAutoscaler
+from gateway.config import Admin as AdminSettings
 from gateway.config import Autoscale, Config, ConfigError, load_config
 from gateway.config import Pool as PoolSettings
-from gateway.drivers import Driver
-from gateway.drivers.identity import instance_id
-from gateway.drivers.process import ProcessDriver
-from gateway.gpus import GpuLedger, discover_gpus
-from gateway.metrics import PrometheusRecorder
-from gateway.policies import Policy, make_policy
-from gateway.pool import Pool
-from gateway.prober import Prober
-from gateway.proxy import Proxy, Router
-from gateway.replica import Replica
-from gateway.server import Exchange, HttpServer, raise_open_files_limit
-from gateway.upstream import Upstream
+from gateway.control.autoscaler import PoolAutoscaler
+from gateway.control.drivers import Driver
+from gateway.control.drivers.identity import instance_id
+from gateway.control.drivers.process import ProcessDriver
+from gateway.control.gpus import GpuLedger, discover_gpus
+from gateway.dataplane.policies import Policy, make_policy
+from gateway.dataplane.pool import Pool
+from gateway.dataplane.prober import Prober
+from gateway.dataplane.proxy import Proxy, Router
+from gateway.dataplane.replica import Replica
+from gateway.http.client import Upstream
+from gateway.http.server import Exchange, HttpServer, raise_open_files_limit
+from gateway.ops.admin import AdminApi, Refused
+from gateway.ops.metrics import PrometheusRecorder
+from gateway.ops.view import GatewayView, snapshot
 
 log = logging.getLogger("gateway")
 HEALTHY_BODY = orjson.dumps({"status": "ok"})
@@ -76,7 +79,8 @@ class Gateway:
         self.ledger = GpuLedger([])
         self.recorder = PrometheusRecorder(self)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._pool_tasks: dict[str, list[asyncio.Task[None]]] = {}
+        self._probers: dict[str, asyncio.Task[None]] = {}  # by pool: its active checks
+        self._scaler_tasks: dict[str, asyncio.Task[None]] = {}  # by pool: its reconcile loop
         self._listener: HttpServer | None = None
         self._admin: web.AppRunner | None = None
         self._reload_lock = asyncio.Lock()
@@ -117,7 +121,7 @@ class Gateway:
             await self._listener.close(self.config.drain_timeout_s)
         if self._admin is not None:
             await self._admin.cleanup()
-        for task in [*self._tasks, *(t for ts in self._pool_tasks.values() for t in ts)]:
+        for task in [*self._tasks, *self._probers.values(), *self._scaler_tasks.values()]:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(
@@ -130,6 +134,39 @@ class Gateway:
             await driver.close()
         self.upstream.close()
         await self.session.close()
+
+    # -- what the admin API sees and does (ops.admin.Operable) ---------------------------
+
+    @property
+    def admin_settings(self) -> AdminSettings:
+        return self.config.admin
+
+    def view(self) -> GatewayView:
+        return snapshot(self.pools, self.autoscalers, self.ledger)
+
+    def scale(self, pool: str, bounds: Mapping[str, int]) -> None:
+        if pool not in self.pools:
+            raise Refused(404, f"no pool {pool!r}")
+        scaler = self.autoscalers.get(pool)
+        if scaler is None:
+            raise Refused(409, f"pool {pool!r} is not autoscaled")
+        try:  # the config's own bounds, not a second copy of them
+            settings = scaler.settings.model_validate({**scaler.settings.model_dump(), **bounds})
+        except ValidationError as exc:
+            raise Refused(400, exc.errors()[0]["msg"]) from None
+        if settings.max_replicas < settings.min_replicas:
+            raise Refused(400, "min_replicas over max_replicas")
+        scaler.apply(settings)
+        scaler.wake.set()
+
+    def drain(self, pool: str, replica: str) -> None:
+        target = self.pools.get(pool)
+        if target is None:
+            raise Refused(404, f"no pool {pool!r}")
+        scaler = self.autoscalers.get(pool)
+        drained = scaler.drain(replica) if scaler is not None else target.drain(replica)
+        if not drained:  # a static replica drained stays out until a reload or a restart
+            raise Refused(404, f"no ready replica {replica!r} in pool {pool!r}")
 
     # -- reload ------------------------------------------------------------------------
 
@@ -196,7 +233,7 @@ class Gateway:
         pool = Pool(name, settings, self._policy(settings), self.clock, self.recorder)
         pool.set_replicas(static_replica(url) for url in settings.backends)
         self.pools[name] = pool
-        self._pool_tasks[name] = [asyncio.create_task(Prober(pool, self.session).run())]
+        self._probers[name] = asyncio.create_task(Prober(pool, self.session).run())
         if settings.autoscale is not None:
             self._autoscale(pool, settings.autoscale)
 
@@ -227,8 +264,7 @@ class Gateway:
         """Routes no longer lead here; managed replicas drain and stop."""
         if name in self.autoscalers:
             await self._stop_autoscaler(name)
-        for task in self._pool_tasks.pop(name, []):
-            task.cancel()
+        self._probers.pop(name).cancel()
         self.pools.pop(name)
 
     def _autoscale(self, pool: Pool, settings: Autoscale) -> None:
@@ -241,20 +277,24 @@ class Gateway:
             pool, settings, driver, self.ledger, self.session, self.clock, self.recorder
         )
         self.autoscalers[pool.name] = scaler
-        self._pool_tasks[pool.name].append(asyncio.create_task(scaler.run()))
+        self._scaler_tasks[pool.name] = asyncio.create_task(scaler.run())
+        pool.attach(scaler)
 
     async def _stop_autoscaler(self, name: str) -> None:
         scaler = self.autoscalers.pop(name)
-        tasks = self._pool_tasks[name]
-        tasks[-1].cancel()  # its reconcile loop, started last
-        await asyncio.gather(tasks.pop(), return_exceptions=True)
+        self.pools[name].attach(None)
+        task = self._scaler_tasks.pop(name)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         await scaler.shutdown(stop_replicas=True)
 
     def _make_driver(self, settings: Autoscale) -> Driver:
         state_dir = Path(self.config.state_dir).expanduser()
         instance = instance_id(self.config.cluster, state_dir)  # whose replicas are ours
         if settings.driver == "docker":
-            from gateway.drivers.docker import DockerDriver  # only docker pools need the SDK
+            from gateway.control.drivers.docker import (
+                DockerDriver,  # only docker pools need the SDK
+            )
 
             docker_driver: Driver = DockerDriver(instance=instance, reach=settings.reach)
             return docker_driver

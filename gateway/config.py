@@ -16,10 +16,11 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from gateway.drivers.identity import PATTERN as INSTANCE_ID
-from gateway.policies import POLICY_NAMES
-
 MAX_REPLICAS = 1000  # per pool: past this a typo (or a hostile scale call) would start them
+# dataplane.policies has one policy for each name (a test checks it): the config, which
+# every part reads, imports none of them
+POLICY_NAMES = frozenset({"round_robin", "least_connections", "p2c", "peak_ewma"})
+INSTANCE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"  # a Docker label value, a file name, a marker
 
 
 class _Model(BaseModel):

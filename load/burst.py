@@ -46,7 +46,7 @@ import orjson
 import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.drivers.process import free_port
+from gateway.control.drivers.process import free_port
 from load.loadgen import DEFAULT_BODY, distribution, error_kind, percentile
 from load.procs import Procs, python, wait_for_url, write_config
 

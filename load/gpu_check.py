@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 
-from gateway.gpus import GpuLedger, discover_gpus
+from gateway.control.gpus import GpuLedger, discover_gpus
 
 CHILD = (
     "import os, subprocess; "

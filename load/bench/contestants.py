@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.drivers.process import free_port
+from gateway.control.drivers.process import free_port
 from load.procs import Procs, python, write_config
 
 MAX_OUTSTANDING = 4000  # the load generator's cap on requests out at once

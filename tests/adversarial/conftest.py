@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, Phase, settings
 
 from gateway.app import Gateway
 from gateway.config import parse_config
-from gateway.pool import Pool
-from gateway.server import HttpServer
+from gateway.dataplane.pool import Pool
+from gateway.http.server import HttpServer
 from tests.adversarial.wire import RecordingReplica
 from tests.conftest import eventually
 

@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.admin import OPENAPI
+from gateway.config import parse_config
+from gateway.ops.admin import OPENAPI
 from tests.component.conftest import ok_handler, pool_config
 from tests.conftest import SIM_PROCESS, eventually, scaled_config
 
@@ -204,3 +206,48 @@ async def test_reload_through_the_api(backend, gateway, client, token_env, tmp_p
     assert any(e.startswith("pools.default.policy") for e in errors)
     await asyncio.sleep(0)
     assert gw.config.pools["default"].policy == "peak_ewma"  # the running config stayed
+
+
+async def test_metrics_scraped_while_the_config_reloads_and_replicas_change(
+    backend, gateway, client, tmp_path: Path
+) -> None:
+    """Scrapes render in a worker thread from a snapshot taken on the loop, so a reload
+    that adds and removes pools, and an autoscaler that starts and stops replicas, never
+    change what a scrape is reading: every one of them answers and parses."""
+    b = await backend(ok_handler)
+    config = scaled_config("default", SIM_PROCESS)
+    config["state_dir"] = str(tmp_path)
+    gw = await gateway(config)
+    scaler = gw.autoscalers["default"]
+    await eventually(lambda: scaler.count["ready"] == 1, within=20)
+    url = f"http://127.0.0.1:{gw.admin_port}/metrics"
+    scrapes: list[int] = []
+    done = asyncio.Event()
+
+    async def scrape() -> None:
+        while not done.is_set():
+            async with client.get(url) as resp:
+                assert resp.status == 200
+                families = list(text_string_to_metric_families(await resp.text()))
+            assert any(f.name == "gateway_inflight" for f in families)
+            scrapes.append(len(families))
+
+    scrapers = [asyncio.create_task(scrape()) for _ in range(3)]
+    extra = {"backends": [b.url], "health": {"interval_s": 0.2}}
+    for i in range(20):  # a second pool comes and goes; the autoscaled one grows, then shrinks
+        pools = dict(config["pools"])
+        if i % 2 == 0:
+            pools["extra"] = extra
+        bounds = {"min_replicas": 2 if i < 10 else 1, "max_replicas": 2}
+        pools["default"] = {
+            **pools["default"],
+            "autoscale": {**pools["default"]["autoscale"], **bounds},
+        }
+        await gw.reload(parse_config({**config, "pools": pools}))
+        await asyncio.sleep(0.1)
+        if i == 9:
+            await eventually(lambda: scaler.count["ready"] == 2, within=20)
+    await eventually(lambda: scaler.count["ready"] == 1, within=20)
+    done.set()
+    await asyncio.gather(*scrapers)  # a failed scrape raises here
+    assert len(scrapes) >= 20

@@ -18,8 +18,8 @@ import yaml
 
 from gateway.app import Gateway
 from gateway.config import parse_config
-from gateway.drivers import MANAGER, ReplicaSpec
-from gateway.drivers.process import INHERITED, MARKER, ProcessDriver
+from gateway.control.drivers import MANAGER, ReplicaSpec
+from gateway.control.drivers.process import INHERITED, MARKER, ProcessDriver
 from tests.conftest import SIM_PROCESS, eventually, free_port, load_until, scaled_config
 
 ROOT = Path(__file__).resolve().parents[2]

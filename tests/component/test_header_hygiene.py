@@ -298,7 +298,7 @@ async def test_an_unsafe_request_id_is_replaced_where_it_is_echoed_and_logged(
 ) -> None:
     r = await replica()
     gw = await gateway(pool_config([r.url]))
-    with caplog.at_level(logging.DEBUG, logger="gateway.proxy"):
+    with caplog.at_level(logging.DEBUG, logger="gateway.dataplane.proxy"):
         status, headers = await send(
             gw.port, ["GET /p HTTP/1.1", "Host: x"], b"X-Request-ID: " + value + b"\r\n"
         )

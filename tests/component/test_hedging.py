@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.hedging import REFRESH
+from gateway.dataplane.hedging import REFRESH
 from tests.component.conftest import ok_handler, pool_config
 
 

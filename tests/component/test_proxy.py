@@ -195,7 +195,7 @@ async def test_each_request_is_logged_at_debug_with_its_fields(
 ) -> None:
     b = await backend(ok_handler)
     gw = await gateway(pool_config([b.url]))
-    with caplog.at_level(logging.DEBUG, logger="gateway.proxy"):
+    with caplog.at_level(logging.DEBUG, logger="gateway.dataplane.proxy"):
         async with client.post(f"{gw.url}/predict", headers={"X-Request-ID": "r-1"}) as resp:
             assert resp.status == 200
     (entry,) = [r for r in caplog.records if r.getMessage() == "request"]

@@ -11,11 +11,11 @@ import aiohttp
 import pytest
 
 from gateway import config
-from gateway.autoscaler import PoolAutoscaler
-from gateway.drivers import Instance, ReplicaSpec
-from gateway.gpus import GpuLedger
-from gateway.policies import make_policy
-from gateway.pool import Pool
+from gateway.control.autoscaler import PoolAutoscaler
+from gateway.control.drivers import Instance, ReplicaSpec
+from gateway.control.gpus import GpuLedger
+from gateway.dataplane.policies import make_policy
+from gateway.dataplane.pool import Pool
 from tests.component.conftest import ok_handler
 from tests.conftest import eventually
 

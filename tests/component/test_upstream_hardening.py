@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 
-from gateway.upstream import Detach, Disconnected, Upstream, UpstreamResponse
+from gateway.http.client import Detach, Disconnected, Upstream, UpstreamResponse
 from tests.component.conftest import pool_config
 from tests.conftest import eventually
 

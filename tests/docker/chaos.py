@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from gateway.drivers import INSTANCE, MANAGED_BY, MANAGER, POOL
+from gateway.control.drivers import INSTANCE, MANAGED_BY, MANAGER, POOL
 
 Mode = Literal["relay", "refuse", "hang"]
 LINGER_S = 3.0  # a held request whose client left still reaches the engine: wait for its answer

@@ -15,7 +15,7 @@ import docker
 import docker.errors
 import pytest
 
-from gateway.drivers import MANAGED_BY, MANAGER, POOL
+from gateway.control.drivers import MANAGED_BY, MANAGER, POOL
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "inference-backend:latest"

@@ -15,8 +15,16 @@ import yaml
 
 from gateway.app import Gateway
 from gateway.config import parse_config
-from gateway.drivers import INSTANCE, MANAGED_BY, MANAGER, POOL, REPLICA, Instance, ReplicaSpec
-from gateway.drivers.docker import DockerDriver
+from gateway.control.drivers import (
+    INSTANCE,
+    MANAGED_BY,
+    MANAGER,
+    POOL,
+    REPLICA,
+    Instance,
+    ReplicaSpec,
+)
+from gateway.control.drivers.docker import DockerDriver
 from tests.conftest import eventually, free_port, load_until, scaled_config
 from tests.docker.conftest import REPO_ROOT
 

@@ -31,11 +31,11 @@ import docker.errors
 import pytest
 import yaml
 
-from gateway import autoscaler as autoscaler_module
 from gateway.app import Gateway
 from gateway.config import parse_config
-from gateway.drivers import REPLICA
-from gateway.drivers import docker as docker_driver
+from gateway.control import autoscaler as autoscaler_module
+from gateway.control.drivers import REPLICA
+from gateway.control.drivers import docker as docker_driver
 from tests.conftest import FAST_SCALING, free_port
 from tests.docker.chaos import (
     EngineRelay,
@@ -297,7 +297,9 @@ async def test_gateway_started_while_the_engine_is_away_adopts_once_it_is_back(
         await relay.restore()
     after = short_ids(containers(client, cluster))
     messages = [
-        r.getMessage() for r in caplog.records[seen_before:] if r.name == "gateway.autoscaler"
+        r.getMessage()
+        for r in caplog.records[seen_before:]
+        if r.name == "gateway.control.autoscaler"
     ]
     waited = [o.done - o.sent for o in load.outcomes if o.sent < back]
     report(

@@ -37,7 +37,7 @@ import docker.errors
 import pytest
 import yaml
 
-from gateway.drivers import MANAGED_BY, MANAGER, POOL
+from gateway.control.drivers import MANAGED_BY, MANAGER, POOL
 from tests.conftest import free_port
 from tests.docker.conftest import REPO_ROOT
 

@@ -19,7 +19,7 @@ import docker
 import docker.errors
 import pytest
 
-from gateway.drivers import (
+from gateway.control.drivers import (
     GPUS,
     INSTANCE,
     MANAGED_BY,
@@ -29,7 +29,7 @@ from gateway.drivers import (
     Instance,
     ReplicaSpec,
 )
-from gateway.drivers.docker import DockerDriver, container_name
+from gateway.control.drivers.docker import DockerDriver, container_name
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.docker

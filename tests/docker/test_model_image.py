@@ -18,8 +18,8 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.drivers import ReplicaSpec
-from gateway.drivers.docker import DockerDriver
+from gateway.control.drivers import ReplicaSpec
+from gateway.control.drivers.docker import DockerDriver
 
 np = pytest.importorskip("numpy", reason="reading the held-out split needs numpy")
 

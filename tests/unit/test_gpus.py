@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from gateway.gpus import GpuLedger, GpuSetting, discover_gpus
+from gateway.control.gpus import GpuLedger, GpuSetting, discover_gpus
 
 
 def _check_invariants(ledger: GpuLedger, inventory: list[str]) -> None:

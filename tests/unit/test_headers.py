@@ -1,4 +1,4 @@
-"""The header and request-target rules in ``gateway/headers.py``, as tables."""
+"""The header and request-target rules in ``gateway/dataplane/headers.py``, as tables."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from gateway.config import ConfigError, parse_config
-from gateway.headers import (
+from gateway.dataplane.headers import (
     Headers,
     Network,
     forwarding_headers,

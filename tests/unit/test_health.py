@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.health import HealthRules, ReplicaHealth
+from gateway.dataplane.health import HealthRules, ReplicaHealth
 
 RULES = HealthRules(rise=2, fall=3, consecutive_failures=3, base_ejection_s=10, max_ejection_s=25)
 

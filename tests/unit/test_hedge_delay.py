@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from gateway.hedging import LATE_OVER_MEDIAN, REFRESH, WINDOW, Window, hedge_delay
+from gateway.dataplane.hedging import LATE_OVER_MEDIAN, REFRESH, WINDOW, Window, hedge_delay
 
 
 def window(samples: list[float], size: int = WINDOW, refresh: int = REFRESH) -> Window:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError, parse_config
-from gateway.drivers.identity import instance_id
+from gateway.control.drivers.identity import instance_id
 
 
 def test_a_random_id_is_made_once_and_kept_in_state_dir(tmp_path: Path) -> None:

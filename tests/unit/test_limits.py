@@ -9,7 +9,14 @@ import random
 
 import pytest
 
-from gateway.limits import FORGET_S, INITIAL, MIN_SAMPLES, RAISE_S, ConcurrencyLimit, level_of
+from gateway.dataplane.limits import (
+    FORGET_S,
+    INITIAL,
+    MIN_SAMPLES,
+    RAISE_S,
+    ConcurrencyLimit,
+    level_of,
+)
 
 
 def feed(

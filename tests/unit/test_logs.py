@@ -10,7 +10,9 @@ from gateway.logs import JsonFormatter, TextFormatter
 
 
 def record(**extra: object) -> logging.LogRecord:
-    r = logging.LogRecord("gateway.proxy", logging.DEBUG, __file__, 1, "request", None, None)
+    r = logging.LogRecord(
+        "gateway.dataplane.proxy", logging.DEBUG, __file__, 1, "request", None, None
+    )
     for key, value in extra.items():
         setattr(r, key, value)
     return r
@@ -20,7 +22,7 @@ def test_json_lines_carry_extra_fields() -> None:
     line = JsonFormatter().format(record(request_id="abc", pool="p", status=200, latency_ms=1.5))
     entry = orjson.loads(line)
     assert entry["msg"] == "request" and entry["level"] == "debug"
-    assert entry["logger"] == "gateway.proxy" and entry["ts"].endswith("Z")
+    assert entry["logger"] == "gateway.dataplane.proxy" and entry["ts"].endswith("Z")
     assert (entry["request_id"], entry["pool"], entry["status"]) == ("abc", "p", 200)
     assert "\n" not in line
 

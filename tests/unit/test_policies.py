@@ -10,9 +10,10 @@ from collections import Counter
 
 import pytest
 
-from gateway.policies import (
+from gateway.config import POLICY_NAMES
+from gateway.dataplane.policies import (
     ALPHA,
-    POLICY_NAMES,
+    POLICIES,
     LeastConnections,
     PeakEwma,
     Policy,
@@ -20,7 +21,7 @@ from gateway.policies import (
     RoundRobin,
     make_policy,
 )
-from gateway.replica import Replica
+from gateway.dataplane.replica import Replica
 
 
 class Clock:
@@ -108,6 +109,10 @@ def test_no_candidates_gives_none_and_one_candidate_is_picked(name: str) -> None
 )
 def test_make_policy_by_name(name: str, cls: type) -> None:
     assert isinstance(new(name)[0], cls)
+
+
+def test_every_name_the_config_accepts_has_a_policy() -> None:
+    assert set(POLICIES) == POLICY_NAMES
 
 
 def test_unknown_policy_and_bad_parameters_are_refused() -> None:

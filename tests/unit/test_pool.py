@@ -8,9 +8,9 @@ from collections.abc import Sequence
 import pytest
 
 from gateway import config
-from gateway.hedging import REFRESH
-from gateway.pool import NoCapacity, Pool
-from gateway.replica import Replica
+from gateway.dataplane.hedging import REFRESH
+from gateway.dataplane.pool import NoCapacity, Pool
+from gateway.dataplane.replica import Replica
 
 
 class FirstPolicy:

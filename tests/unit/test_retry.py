@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.retry import WINDOW_S, RetryBudget
+from gateway.dataplane.retry import WINDOW_S, RetryBudget
 
 
 class Clock:

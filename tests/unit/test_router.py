@@ -6,8 +6,8 @@ from typing import Any, cast
 
 import pytest
 
-from gateway.pool import Pool
-from gateway.proxy import Router
+from gateway.dataplane.pool import Pool
+from gateway.dataplane.proxy import Router
 
 A, B, ROOT = (cast(Pool, name) for name in ("a", "b", "root"))
 

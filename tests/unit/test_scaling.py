@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from gateway.config import Autoscale
-from gateway.scaling import (
+from gateway.control.scaling import (
     Decision,
     Plan,
     ReplicaView,

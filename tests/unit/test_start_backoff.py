@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.scaling import start_backoff
+from gateway.control.scaling import start_backoff
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,7 @@ import docker
 import docker.errors
 import docker.types
 
-from gateway.drivers import (
+from gateway.control.drivers import (
     GPUS,
     INSTANCE,
     MANAGED_BY,

@@ -13,18 +13,16 @@ import asyncio
 import hmac
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
-from pydantic import ValidationError
 
-from gateway.metrics import CONTENT_TYPE
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
-    from gateway.pool import Pool
+from gateway.config import Admin
+from gateway.ops.metrics import CONTENT_TYPE
+from gateway.ops.view import GatewayView, PoolView
 
 log = logging.getLogger(__name__)
 WEAK_TOKENS = frozenset({"change-me", "changeme", "secret", "token", "admin"})
@@ -126,6 +124,38 @@ OPENAPI: dict[str, Any] = {
 }  # fmt: skip
 
 
+class Refused(Exception):
+    """An operation the gateway turned down: the HTTP status and why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class Exposition(Protocol):
+    def exposition(self, view: GatewayView | None = None) -> bytes: ...
+
+
+class Operable(Protocol):
+    """What the admin API reads and does (the gateway is one): it sees the gateway only
+    through ``view`` and acts only through these calls, each raising ``Refused``."""
+
+    @property
+    def admin_settings(self) -> Admin: ...
+    @property
+    def recorder(self) -> Exposition: ...
+    def view(self) -> GatewayView: ...
+    def scale(self, pool: str, bounds: Mapping[str, int]) -> None:
+        """New replica bounds for an autoscaled pool, validated as the config is."""
+        ...
+
+    def drain(self, pool: str, replica: str) -> None:
+        """Take a ready replica out of rotation (an autoscaled one is then stopped)."""
+        ...
+
+    async def reload_from_file(self) -> list[str]: ...
+
+
 def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     body = orjson.dumps({"error": message, "status": status})
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
@@ -142,14 +172,14 @@ def read_token(env: str, file: str | None) -> str | None:
 
 
 class AdminApi:
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Operable) -> None:
         self.gateway = gateway
         self.refresh_token()
 
     def refresh_token(self) -> None:
         """Read the token; a placeholder or a short one leaves the admin routes off, as
         no token does (they can start GPU containers and reload the config)."""
-        admin = self.gateway.config.admin
+        admin = self.gateway.admin_settings
         token = read_token(admin.token_env, admin.token_file)
         if token is not None and (token in WEAK_TOKENS or len(token) < MIN_TOKEN_CHARS):
             why = "a well-known placeholder" if token in WEAK_TOKENS else "too short"
@@ -177,7 +207,7 @@ class AdminApi:
         if not request.path.startswith("/admin"):
             return await handler(request)  # type: ignore[no-any-return]
         if self.token is None:
-            env = self.gateway.config.admin.token_env
+            env = self.gateway.admin_settings.token_env
             return json_error(404, f"admin API off: no token configured (set {env})")
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
@@ -189,23 +219,18 @@ class AdminApi:
         return await handler(request)  # type: ignore[no-any-return]
 
     async def metrics(self, request: web.Request) -> web.Response:
-        body = await asyncio.to_thread(self.gateway.recorder.exposition)
+        view = self.gateway.view()  # on the loop; the rendering, in a thread, reads only it
+        body = await asyncio.to_thread(self.gateway.recorder.exposition, view)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def openapi(self, request: web.Request) -> web.Response:
         return _json(OPENAPI)
 
     async def list_pools(self, request: web.Request) -> web.Response:
-        return _json({"pools": {name: self._describe(p) for name, p in self.gateway.pools.items()}})
+        return _json({"pools": {p.name: _describe(p) for p in self.gateway.view().pools}})
 
     async def scale(self, request: web.Request) -> web.Response:
         name = request.match_info["pool"]
-        pool = self.gateway.pools.get(name)
-        if pool is None:
-            return json_error(404, f"no pool {name!r}")
-        scaler = self.gateway.autoscalers.get(name)
-        if scaler is None:
-            return json_error(409, f"pool {name!r} is not autoscaled")
         usage = "body must be {min_replicas?: int >= 0, max_replicas?: int >= 1}, min <= max"
         try:
             body = orjson.loads(await request.read())
@@ -217,28 +242,20 @@ class AdminApi:
             or any(type(v) is not int for v in body.values())
         ):
             return json_error(400, usage)
-        try:  # the config's own bounds, not a second copy of them
-            settings = scaler.settings.model_validate({**scaler.settings.model_dump(), **body})
-        except ValidationError as exc:
-            return json_error(400, f"{usage}: {exc.errors()[0]['msg']}")
-        if settings.max_replicas < settings.min_replicas:
-            return json_error(400, usage)
-        scaler.apply(settings)
-        scaler.wake.set()
-        return _json(self._describe(pool))
+        try:
+            self.gateway.scale(name, body)
+        except Refused as exc:
+            return json_error(
+                exc.status, f"{usage}: {exc.message}" if exc.status == 400 else exc.message
+            )
+        return _json(_describe(_pool(self.gateway.view(), name)))
 
     async def drain(self, request: web.Request) -> web.Response:
         name, rid = request.match_info["pool"], request.match_info["replica"]
-        pool = self.gateway.pools.get(name)
-        if pool is None:
-            return json_error(404, f"no pool {name!r}")
-        scaler = self.gateway.autoscalers.get(name)
-        if scaler is not None and scaler.drain(rid):
-            return _json({"draining": rid}, status=202)
-        replica = pool.replicas.get(rid)
-        if scaler is not None or replica is None:
-            return json_error(404, f"no ready replica {rid!r} in pool {name!r}")
-        replica.draining = True  # a static replica stays out until a reload or restart
+        try:
+            self.gateway.drain(name, rid)
+        except Refused as exc:
+            return json_error(exc.status, exc.message)
         return _json({"draining": rid}, status=202)
 
     async def reload(self, request: web.Request) -> web.Response:
@@ -248,38 +265,28 @@ class AdminApi:
         await asyncio.to_thread(self.refresh_token)  # may read a token file
         return _json({"reloaded": True})
 
-    def _describe(self, pool: Pool) -> dict[str, Any]:
-        now = pool.clock()
-        scaler = self.gateway.autoscalers.get(pool.name)
-        gpus = self.gateway.ledger.allocated
-        replicas = []
-        if scaler is not None:
-            for m in scaler.members.values():
-                r = m.replica
-                url = r.url if r else m.instance.url if m.instance else None
-                replicas.append({
-                    "id": m.replica_id, "url": url, "state": m.state,
-                    "inflight": r.inflight if r else 0,
-                    "healthy": bool(r and r.health.routable(now)),
-                    "gpus": list(gpus.get(m.replica_id, ())),
-                })  # fmt: skip
-        else:
-            for r in pool.replicas.values():
-                replicas.append({
-                    "id": r.id, "url": r.url, "state": "draining" if r.draining else "ready",
-                    "inflight": r.inflight, "healthy": r.health.routable(now), "gpus": [],
-                })  # fmt: skip
-        decision = scaler.decision if scaler else None
-        return {
-            "policy": pool.settings.policy,
-            "inflight": pool.inflight,
-            "queued": pool.queued,
-            "autoscaled": scaler is not None,
-            "min_replicas": scaler.settings.min_replicas if scaler else None,
-            "max_replicas": scaler.settings.max_replicas if scaler else None,
-            "desired_replicas": decision.desired if decision else None,
-            "replicas": replicas,
-        }
+
+def _pool(view: GatewayView, name: str) -> PoolView:
+    return next(p for p in view.pools if p.name == name)
+
+
+def _describe(pool: PoolView) -> dict[str, Any]:
+    scaler = pool.autoscale
+    replicas = scaler.members if scaler is not None else pool.replicas
+    return {
+        "policy": pool.policy,
+        "inflight": pool.inflight,
+        "queued": pool.queued,
+        "autoscaled": scaler is not None,
+        "min_replicas": scaler.min_replicas if scaler else None,
+        "max_replicas": scaler.max_replicas if scaler else None,
+        "desired_replicas": scaler.desired if scaler else None,
+        "replicas": [
+            {"id": r.id, "url": r.url, "state": r.state, "inflight": r.inflight,
+             "healthy": r.routable, "gpus": list(r.gpus)}
+            for r in replicas
+        ],
+    }  # fmt: skip
 
 
 def _json(data: Any, status: int = 200) -> web.Response:

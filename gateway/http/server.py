@@ -18,7 +18,7 @@ a narrow server, and this is it:
 * a malformed request gets 400 and the connection closes; so does a connection whose
   answer went out before its request body was read to the end, since the bytes left on
   it cannot be told apart from the next request;
-* every resource a client can hold is bounded (``config.ClientLimits``): the request
+* every resource a client can hold is bounded (``Limits``; ``config.ClientLimits``): the request
   line (414), the header block and its field count (431), the time to send a head (408),
   a pause mid-body, the time a client may read nothing while its answer waits (then the
   connection is aborted and the replica's slot freed), pipelined requests, the request
@@ -40,13 +40,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import cast
+from typing import Protocol, cast
 
 import httptools
 import orjson
-
-from gateway.config import ClientLimits
-from gateway.recorder import NULL_RECORDER, Recorder
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +54,40 @@ REASONS = {s.value: s.phrase for s in HTTPStatus}
 NO_BODY_STATUS = frozenset({204, 304})
 
 Handler = Callable[["Exchange"], Awaitable[None]]
+
+
+class Limits(Protocol):
+    """What one client may cost; the listener reads them on each use, so they may be
+    replaced while it runs (``config.ClientLimits`` is one, with its defaults)."""
+
+    @property
+    def max_request_line_bytes(self) -> int: ...
+    @property
+    def max_header_bytes(self) -> int: ...
+    @property
+    def max_header_fields(self) -> int: ...
+    @property
+    def max_connections(self) -> int: ...
+    @property
+    def max_connections_per_ip(self) -> int: ...
+    @property
+    def max_pipelined(self) -> int: ...
+    @property
+    def max_buffered_body_bytes(self) -> int: ...
+    @property
+    def header_timeout_s(self) -> float: ...
+    @property
+    def body_timeout_s(self) -> float: ...
+    @property
+    def write_timeout_s(self) -> float: ...
+    @property
+    def idle_timeout_s(self) -> float: ...
+
+
+class Refusals(Protocol):
+    """Where each refusal is counted, by reason (the gateway's ``Recorder`` is one)."""
+
+    def client_refused(self, reason: str) -> None: ...
 
 
 class BadRequest(Exception):
@@ -563,7 +594,7 @@ class _Connection(asyncio.Protocol):
             exchange._release()
         self.queue.clear()
 
-    def expire(self, now: float, limits: ClientLimits) -> None:
+    def expire(self, now: float, limits: Limits) -> None:
         """Let the connection go if it has outlived a deadline (the server's sweep)."""
         if self.lost or self.transport is None:
             return
@@ -669,14 +700,9 @@ class HttpServer:
     (bounded), then closes every connection. ``limits`` may be replaced while it runs
     (a reload); they apply to what happens next."""
 
-    def __init__(
-        self,
-        handler: Handler,
-        limits: ClientLimits | None = None,
-        recorder: Recorder = NULL_RECORDER,
-    ) -> None:
+    def __init__(self, handler: Handler, limits: Limits, recorder: Refusals) -> None:
         self.handler = handler
-        self.limits = limits or ClientLimits()
+        self.limits = limits
         self.recorder = recorder
         self.connections: set[_Connection] = set()
         self.per_address: dict[str, int] = {}

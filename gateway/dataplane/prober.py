@@ -13,8 +13,8 @@ import random
 
 import aiohttp
 
-from gateway.pool import Pool
-from gateway.replica import Replica
+from gateway.dataplane.pool import Pool
+from gateway.dataplane.replica import Replica
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.replica import Replica
+from gateway.dataplane.replica import Replica
 
 Clock = Callable[[], float]
 
@@ -349,7 +349,6 @@ POLICIES: dict[str, Callable[..., Policy]] = {
     "p2c": PowerOfTwoChoices,
     "peak_ewma": PeakEwma,
 }
-POLICY_NAMES: frozenset[str] = frozenset(POLICIES)
 
 
 def make_policy(name: str, *, clock: Clock, rng: random.Random, **params: float) -> Policy:

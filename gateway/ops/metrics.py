@@ -1,42 +1,31 @@
 """Prometheus metrics: the one module that imports prometheus_client.
 
 Counters and histograms are fed by the ``Recorder`` calls the data plane makes; the
-gauges (in-flight, queue depth, replica health) are read straight from the pools when
-Prometheus scrapes, so keeping them costs the request path nothing. Label values stay in
+gauges (in-flight, queue depth, replica health) come from a ``view.GatewayView`` taken
+when Prometheus scrapes, so keeping them costs the request path nothing, and rendering
+in a worker thread reads a snapshot, never the live pools. Label values stay in
 bounded sets: pool and replica names from the config or the driver, status classes, and
 fixed reason words.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.policies import PeakEwma
+from gateway.ops.view import GatewayView, Viewable
 from gateway.recorder import Recorder
-
-if TYPE_CHECKING:
-    from gateway.autoscaler import PoolAutoscaler
-    from gateway.gpus import GpuLedger
-    from gateway.pool import Pool
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STARTUP_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 )  # fmt: skip
-
-
-class Observed(Protocol):
-    """What the scrape-time gauges read: the gateway's live state."""
-
-    pools: dict[str, Pool]
-    autoscalers: dict[str, PoolAutoscaler]
-    ledger: GpuLedger
 
 
 def status_class(status: int) -> str:
@@ -46,7 +35,8 @@ def status_class(status: int) -> str:
 class PrometheusRecorder(Recorder):
     """A ``Recorder`` backed by a private registry (no global state)."""
 
-    def __init__(self, observed: Observed) -> None:
+    def __init__(self, observed: Viewable) -> None:
+        self.observed = observed
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -113,7 +103,9 @@ class PrometheusRecorder(Recorder):
             "gateway_config_reloads", "Config reloads by result (applied, refused)",
             ["result"], registry=r,
         )  # fmt: skip
-        r.register(_Gauges(observed))
+        self._gauges = _Gauges()
+        r.register(self._gauges)
+        self._rendering = threading.Lock()  # one scrape at a time reads the gauges' view
         self._children: dict[tuple[str, str, int], Any] = {}
 
     def request_done(self, pool: str, replica: str, status: int, duration_s: float) -> None:
@@ -173,15 +165,18 @@ class PrometheusRecorder(Recorder):
     def config_reload(self, ok: bool) -> None:
         self.reloads.labels("applied" if ok else "refused").inc()
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def exposition(self, view: GatewayView | None = None) -> bytes:
+        """The text format, with the gauges of ``view`` (taken on the event loop; None:
+        take one now, which only a caller on the loop may do)."""
+        with self._rendering:
+            self._gauges.view = view or self.observed.view()
+            return generate_latest(self.registry)
 
 
 class _Gauges(Collector):
-    """Scrape-time gauges read from the live pools, autoscalers and GPU ledger."""
+    """Scrape-time gauges, from the view ``exposition`` hands over."""
 
-    def __init__(self, observed: Observed) -> None:
-        self.observed = observed
+    view: GatewayView | None = None
 
     def collect(self) -> Iterator[Metric]:
         def gauge(name: str, doc: str, *labels: str) -> GaugeMetricFamily:
@@ -204,32 +199,32 @@ class _Gauges(Collector):
             "Most requests in flight on the replica: its learnt limit (or the fixed cap)",
             "pool", "replica",
         )  # fmt: skip
-        for pool in self.observed.pools.values():
-            now = pool.clock()
-            depth.add_metric([pool.name], pool.queued)
-            if (delay := pool.hedge_after()) is not None:
-                hedge_after.add_metric([pool.name], delay)
-            policy = pool.policy if isinstance(pool.policy, PeakEwma) else None
-            for r in pool.replicas.values():
-                inflight.add_metric([pool.name, r.id], r.inflight)
-                limit.add_metric([pool.name, r.id], r.cap)
-                up.add_metric([pool.name, r.id], float(r.health.up))
-                ejected.add_metric([pool.name, r.id], float(r.health.ejected(now)))
-                if policy is not None:
-                    estimate.add_metric([pool.name, r.id], policy.estimate(r))
-        yield from (inflight, limit, up, ejected, depth, hedge_after, estimate)
-
         replicas = gauge("gateway_replicas", "Managed replicas by state", "pool", "state")
         desired = gauge("gateway_replicas_desired", "The autoscaler's decision", "pool")
         panic = gauge("gateway_autoscaler_panic", "1 while in panic mode", "pool")
-        for name, scaler in self.observed.autoscalers.items():
-            for state, count in scaler.count.items():
-                replicas.add_metric([name, state], count)
-            if scaler.decision is not None:
-                desired.add_metric([name], scaler.decision.desired)
-                panic.add_metric([name], float(scaler.decision.panic))
         gpus = gauge("gateway_gpus", "GPUs known to the ledger", "state")
-        ledger = self.observed.ledger
-        gpus.add_metric(["allocated"], ledger.total - len(ledger.free))
-        gpus.add_metric(["free"], len(ledger.free))
+        view = self.view
+        if view is None:
+            return
+        for pool in view.pools:
+            depth.add_metric([pool.name], pool.queued)
+            if pool.hedge_delay_s is not None:
+                hedge_after.add_metric([pool.name], pool.hedge_delay_s)
+            for r in pool.replicas:
+                inflight.add_metric([pool.name, r.id], r.inflight)
+                limit.add_metric([pool.name, r.id], r.limit)
+                up.add_metric([pool.name, r.id], float(r.up))
+                ejected.add_metric([pool.name, r.id], float(r.ejected))
+                if r.estimate_s is not None:
+                    estimate.add_metric([pool.name, r.id], r.estimate_s)
+            scaler = pool.autoscale
+            if scaler is not None:
+                for state, count in scaler.states:
+                    replicas.add_metric([pool.name, state], count)
+                if scaler.desired is not None:
+                    desired.add_metric([pool.name], scaler.desired)
+                    panic.add_metric([pool.name], float(scaler.panic))
+        gpus.add_metric(["allocated"], view.gpus_total - view.gpus_free)
+        gpus.add_metric(["free"], view.gpus_free)
+        yield from (inflight, limit, up, ejected, depth, hedge_after, estimate)
         yield from (replicas, desired, panic, gpus)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import orjson
 
-from gateway.drivers import MANAGER, Instance, ReplicaSpec
+from gateway.control.drivers import MANAGER, Instance, ReplicaSpec
 
 STOP_POLL_S = 0.05
 # What a replica inherits of the gateway's environment: enough to find programs, a home,

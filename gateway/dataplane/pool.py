@@ -30,15 +30,16 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from gateway import config
-from gateway.health import HealthRules
-from gateway.hedging import Window, hedge_delay
-from gateway.limits import ConcurrencyLimit
-from gateway.policies import Policy
+from gateway.dataplane.health import HealthRules
+from gateway.dataplane.hedging import Window, hedge_delay
+from gateway.dataplane.limits import ConcurrencyLimit
+from gateway.dataplane.policies import Policy
+from gateway.dataplane.replica import Replica
+from gateway.dataplane.retry import RetryBudget
 from gateway.recorder import NULL_RECORDER, Recorder
-from gateway.replica import Replica
-from gateway.retry import RetryBudget
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,18 @@ class _Waiter:
     since: float = field(default=0.0)
 
 
+class Scaling(Protocol):
+    """What an autoscaler managing the pool offers it: the bounds for requests that wait
+    on an empty pool, how long a replica typically takes to start, and a wake-up for
+    demand there."""
+
+    @property
+    def cold_start(self) -> config.ColdStart: ...
+    @property
+    def expected_start_s(self) -> float: ...
+    def on_demand(self) -> None: ...
+
+
 class Pool:
     def __init__(
         self,
@@ -76,11 +89,7 @@ class Pool:
         self.clock = clock
         self.recorder = recorder
         self.replicas: dict[str, Replica] = {}
-        # Set by the autoscaler for the pools it manages: the cold-start bounds, a wake-up
-        # for demand on an empty pool, and how long a replica typically takes to start.
-        self.cold_start: config.ColdStart | None = None
-        self.on_demand: Callable[[], None] = lambda: None
-        self.expected_start_s = 0.0
+        self.scaling: Scaling | None = None  # the autoscaler managing it (``attach``)
         self._idle: dict[str, asyncio.Future[None]] = {}  # draining replica id -> drained
         self.retry_budget = RetryBudget(clock)
         self.hedge_budget = RetryBudget(clock, min_per_s=HEDGE_RESERVE_PER_S)
@@ -88,6 +97,10 @@ class Pool:
         self._limits: dict[str, ConcurrencyLimit] = {}  # replica id -> learnt limit
         self._waiters: deque[_Waiter] = deque()
         self.apply(settings)
+
+    def attach(self, scaling: Scaling | None) -> None:
+        """An autoscaler takes the pool over (None: it is static again)."""
+        self.scaling = scaling
 
     def use_policy(self, policy: Policy) -> None:
         """Switch routing policy (on reload); the new one learns from scratch."""
@@ -145,7 +158,7 @@ class Pool:
     @property
     def is_cold(self) -> bool:
         """An autoscaled pool with no live replica: requests wait for one to start."""
-        return self.cold_start is not None and not self.has_alternative(frozenset())
+        return self.scaling is not None and not self.has_alternative(frozenset())
 
     # -- the request path ---------------------------------------------------------------
 
@@ -193,8 +206,9 @@ class Pool:
             raise NoCapacity("no_replica", 1)
         cold = self.is_cold
         if cold:  # scale from zero: wait for the first replica under the cold-start bounds
-            assert self.cold_start is not None
-            limit, timeout_s = self.cold_start.max_waiting, self.cold_start.timeout_s
+            assert self.scaling is not None
+            bounds = self.scaling.cold_start
+            limit, timeout_s = bounds.max_waiting, bounds.timeout_s
         else:
             limit, timeout_s = self.settings.queue.max_size, self.settings.queue.timeout_s
         if len(self._waiters) >= limit:
@@ -203,7 +217,8 @@ class Pool:
         waiter = _Waiter(loop.create_future(), exclude, self.clock())
         self._waiters.append(waiter)
         if cold:
-            self.on_demand()
+            assert self.scaling is not None
+            self.scaling.on_demand()
         timer = loop.call_later(timeout_s, self._expire, waiter)
         try:
             replica = await waiter.future
@@ -301,6 +316,15 @@ class Pool:
             state = "up" if replica.health.up else "down"
             log.info("pool %s: replica %s is %s", self.name, replica.id, state)
             self._dispatch()
+
+    def drain(self, replica_id: str) -> bool:
+        """Take a replica out of rotation: its requests in flight finish, no new one
+        reaches it (``wait_drained``). False when it is not in the pool."""
+        replica = self.replicas.get(replica_id)
+        if replica is None:
+            return False
+        replica.draining = True
+        return True
 
     async def wait_drained(self, replica: Replica, timeout_s: float) -> bool:
         """Wait until a draining replica has no request in flight; False on timeout."""
@@ -406,6 +430,7 @@ class Pool:
         """A hint: the typical start-up time while cold, else one second per full round
         of slots queued."""
         if self.is_cold:
-            return max(1, math.ceil(self.expected_start_s))
+            assert self.scaling is not None
+            return max(1, math.ceil(self.scaling.expected_start_s))
         slots = max(1, sum(r.cap for r in self.replicas.values()))
         return max(1, math.ceil(len(self._waiters) / slots))

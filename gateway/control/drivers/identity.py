@@ -14,7 +14,8 @@ import re
 import secrets
 from pathlib import Path
 
-PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"  # a Docker label value, a file name, a marker
+from gateway.config import INSTANCE_ID
+
 ID_FILE = "instance-id"
 
 
@@ -32,6 +33,6 @@ def instance_id(cluster: str | None, state_dir: Path) -> str:
             os.link(draft, path)
         draft.unlink()
     found = path.read_text().strip()
-    if not re.fullmatch(PATTERN, found):
+    if not re.fullmatch(INSTANCE_ID, found):
         raise ValueError(f"{path}: not an instance id: {found!r}")
     return found

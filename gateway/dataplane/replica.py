@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from gateway.health import ReplicaHealth
+from gateway.dataplane.health import ReplicaHealth
 
 
 @dataclass(eq=False, slots=True)

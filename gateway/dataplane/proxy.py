@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gateway.headers import (
+from gateway.dataplane.headers import (
     Network,
     forwarding_headers,
     is_trusted,
@@ -40,12 +40,12 @@ from gateway.headers import (
     safe_request_id,
     split_request,
 )
-from gateway.pool import NoCapacity, Pool
+from gateway.dataplane.pool import NoCapacity, Pool
+from gateway.dataplane.replica import Replica
+from gateway.dataplane.retry import RETRYABLE_STATUS
+from gateway.http.client import ConnectFailed, Detach, Upstream, UpstreamError, UpstreamResponse
+from gateway.http.server import BadRequest, BodyBufferFull, BodyTimeout, Exchange, error_response
 from gateway.recorder import NULL_RECORDER, Recorder
-from gateway.replica import Replica
-from gateway.retry import RETRYABLE_STATUS
-from gateway.server import BadRequest, BodyBufferFull, BodyTimeout, Exchange, error_response
-from gateway.upstream import ConnectFailed, Detach, Upstream, UpstreamError, UpstreamResponse
 
 log = logging.getLogger(__name__)
 

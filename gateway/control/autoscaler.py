@@ -33,12 +33,12 @@ import aiohttp
 from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 
 from gateway import config
-from gateway.drivers import Driver, Instance, ReplicaSpec
-from gateway.gpus import GpuLedger
-from gateway.pool import Pool
+from gateway.control.drivers import Driver, Instance, ReplicaSpec
+from gateway.control.gpus import GpuLedger
+from gateway.control.scaling import Decision, ReplicaView, Scaler, ScalingRules, plan, start_backoff
+from gateway.dataplane.pool import Pool
+from gateway.dataplane.replica import Replica
 from gateway.recorder import NULL_RECORDER, Recorder
-from gateway.replica import Replica
-from gateway.scaling import Decision, ReplicaView, Scaler, ScalingRules, plan, start_backoff
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class PoolAutoscaler:
         self.decision: Decision | None = None
         self.scaler = Scaler(ScalingRules.from_config(settings), clock())
         self.apply(settings)
+        self.expected_start_s = 0.0  # the mean of the last few start-up times
         self._startup_times: deque[float] = deque(maxlen=8)
         self._failures = 0  # failed starts since a replica last stayed ready STABLE_S
         self._last_failure = ""  # the reason of the latest failed start
@@ -101,8 +102,15 @@ class PoolAutoscaler:
         """Take new settings; replicas and the load history are kept."""
         self.settings = settings
         self.scaler.rules = ScalingRules.from_config(settings)
-        self.pool.cold_start = settings.cold_start
-        self.pool.on_demand = self.wake.set
+
+    # -- what the pool sees of it (pool.Scaling) -------------------------------------------
+
+    @property
+    def cold_start(self) -> config.ColdStart:
+        return self.settings.cold_start
+
+    def on_demand(self) -> None:
+        self.wake.set()
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -288,7 +296,7 @@ class PoolAutoscaler:
         log.warning("pool %s: replica %s %s; replacing it", self.pool.name, member.replica_id, why)
         member.state = "failed"
         if member.replica is not None:
-            member.replica.draining = True
+            self.pool.drain(member.replica.id)
         self._publish()
 
     # -- acting ------------------------------------------------------------------------
@@ -365,7 +373,7 @@ class PoolAutoscaler:
         member.ready_at = self.clock()
         startup_s = member.ready_at - member.since
         self._startup_times.append(startup_s)
-        self.pool.expected_start_s = sum(self._startup_times) / len(self._startup_times)
+        self.expected_start_s = sum(self._startup_times) / len(self._startup_times)
         member.state = "ready"
         member.replica = Replica(id=member.replica_id, url=url)
         self._publish()
@@ -405,7 +413,7 @@ class PoolAutoscaler:
         self.recorder.scale_event(self.pool.name, "drain", reason)
         replica = member.replica
         if replica is not None:
-            replica.draining = True
+            self.pool.drain(replica.id)
             self._publish()
             await self.pool.wait_drained(replica, self.settings.drain_timeout_s)
         await self._remove(member, reason)
@@ -426,7 +434,7 @@ class PoolAutoscaler:
                 member.retry_at = self.clock() + backoff
                 member.state, member.busy = "failed", False
                 if member.replica is not None:
-                    member.replica.draining = True
+                    self.pool.drain(member.replica.id)
                 self._publish()
                 return
         self.ledger.release(member.replica_id)

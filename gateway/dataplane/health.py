@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.hedging import OWN_PERCENTILE, Window
+from gateway.dataplane.hedging import OWN_PERCENTILE, Window
 
 OWN_WINDOW = 256  # a replica's recent heads its own tail is taken over
 OWN_REFRESH = 32

@@ -1,0 +1,1 @@
+"""The control plane: the autoscaler, its pure decisions, GPUs, and the drivers."""

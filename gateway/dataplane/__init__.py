@@ -1,0 +1,1 @@
+"""The data plane: a request in, attempts on replicas, one answer out; routing, limits, health."""

@@ -1,0 +1,1 @@
+"""Operations: the admin API and the Prometheus metrics, reading the planes through a view."""
