@@ -12,10 +12,11 @@ that, on asyncio protocols with llhttp (through httptools) as the parser:
 * a request goes out in a single write; the response head resolves a future; body bytes
   are queued as they arrive (chunked transfer decoded by the parser), with the socket
   paused above a high-water mark so a slow client cannot make the gateway buffer a stream;
-* a connection goes back to the pool only when its response was read to the end and the
-  replica allows keep-alive; anything else closes it, so no stale bytes reach the next
-  request. That holds at an exact message boundary: a byte past a response's end, or one
-  that arrives while no request is outstanding, closes the connection too, or the replica's
+* a connection goes back to the pool only when its response was read to the end, its
+  request left whole (a replica may answer before reading a large body) and the replica
+  allows keep-alive; anything else closes it, so no stale bytes reach the next request.
+  That holds at an exact message boundary: a byte past a response's end, or one that
+  arrives while no request is outstanding, closes the connection too, or the replica's
   extra bytes would begin the "response" that the next client reads.
 """
 
@@ -197,6 +198,12 @@ class _Connection(asyncio.Protocol):
             self.paused = False
         return chunk
 
+    def request_sent(self) -> bool:
+        """Has the request left the gateway whole? A replica may answer (a 413) before it
+        read the body and then read no more: the rest, still queued here, would come before
+        the next request on this connection, which would wait behind it for good."""
+        return self.transport is not None and not self.transport.get_write_buffer_size()
+
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
@@ -241,7 +248,7 @@ class UpstreamResponse:
             return
         self._released = True
         conn = self._conn
-        if conn.complete and conn.keep_alive and not conn.closed:
+        if conn.complete and conn.keep_alive and not conn.closed and conn.request_sent():
             self._upstream._put_back(self._key, conn)
         else:
             conn.close()

@@ -9,6 +9,7 @@ anything but a Disconnected that closes the connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -275,3 +276,44 @@ async def test_a_detached_exchange_runs_to_its_end_in_the_background(
         assert status is None
         # the deadline counts from before the connect, the latency from the send
         assert latency_s >= (0.4 if ending == "never answers" else 0.2)
+
+
+async def test_a_connection_answered_before_its_request_was_sent_is_not_reused(
+    upstream,
+) -> None:
+    """A replica that answers (a 413, keep-alive) after reading only the head, then reads
+    no more: the body still queued on the connection would sit before the next request,
+    which would wait on a replica that never reads it. The connection is closed instead,
+    and the next request gets a fresh one."""
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b"/big" in head:
+            writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
+        else:
+            writer.write(ok(b"next"))
+        await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # the peer's end: this replica reads nothing more before it
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, limit=2**16)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        body = b"x" * (32 << 20)  # far more than the socket buffers hold
+        response = await upstream.request(
+            "POST", "127.0.0.1", port, "/big", [("Host", "r")], body, 2, 2, 2
+        )
+        assert response.status == 413
+        await response.read()
+        response.release()
+        response = await upstream.request(
+            "GET", "127.0.0.1", port, "/next", [("Host", "r")], b"", 2, 2, 2
+        )
+        assert await response.read() == b"next"
+        response.release()
+        assert connections == 2
+    finally:
+        server.close()
