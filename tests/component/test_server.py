@@ -84,6 +84,26 @@ async def test_a_chunked_request_body_arrives_whole(backend, gateway) -> None:
     writer.close()
 
 
+async def test_a_body_of_tiny_chunks_waits_its_turns_and_arrives_whole(backend, gateway) -> None:
+    """600 KB in 2-byte chunks: each read of thousands of chunks costs the parser
+    milliseconds, so the connection pauses after each as long as it cost (the figure is
+    in load/RESULTS.md, ``python -m load.attack --attacks tiny-chunks``). Meanwhile
+    another client is answered, and the body reaches the replica byte for byte."""
+    b = await backend(echo)
+    gw = await gateway(pool_config([b.url], max_inflight_per_replica=4))
+    reader, writer = await connect(gw.port)
+    writer.write(b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    pairs = [b"%02d" % (i % 100) for i in range(300_000)]
+    writer.write(b"".join(b"2\r\n" + pair + b"\r\n" for pair in pairs) + b"0\r\n\r\n")
+    other_reader, other_writer = await connect(gw.port)
+    other_writer.write(post("/p", b"meanwhile"))
+    assert orjson.loads((await read_response(other_reader))[2])["body"] == "meanwhile"
+    status, _, body = await read_response(reader)
+    assert status == 200 and orjson.loads(body)["body"] == b"".join(pairs).decode()
+    writer.close()
+    other_writer.close()
+
+
 async def test_expect_100_continue_is_answered_before_the_body_is_sent(backend, gateway) -> None:
     b = await backend(echo)
     gw = await gateway(pool_config([b.url]))
