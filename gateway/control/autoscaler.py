@@ -27,7 +27,7 @@ import secrets
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
 from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
@@ -35,14 +35,22 @@ from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 from gateway import config
 from gateway.control.drivers import Driver, Instance, ReplicaSpec
 from gateway.control.gpus import GpuLedger
-from gateway.control.scaling import Decision, ReplicaView, Scaler, ScalingRules, plan, start_backoff
+from gateway.control.scaling import (
+    REPLICA_STATES,
+    Decision,
+    ReplicaState,
+    ReplicaView,
+    Scaler,
+    ScalingRules,
+    plan,
+    start_backoff,
+)
 from gateway.dataplane.pool import Pool
 from gateway.dataplane.replica import Replica
 from gateway.recorder import NULL_RECORDER, Recorder
 
 log = logging.getLogger(__name__)
 
-MemberState = Literal["starting", "ready", "draining", "failed"]
 READY_POLL_S = 0.2
 STOP_TIMEOUT_S = 10.0  # SIGTERM grace for a replica that has already drained
 MAX_BACKOFF_S = 60.0  # the cap of ``start_backoff`` (also between retries of a failed stop)
@@ -54,7 +62,7 @@ class Member:
     """One replica as the autoscaler tracks it."""
 
     replica_id: str
-    state: MemberState
+    state: ReplicaState
     since: float  # when it was started (or adopted)
     instance: Instance | None = None  # None while the driver's start is in flight
     replica: Replica | None = None  # the data plane's view, from ready on
@@ -151,8 +159,8 @@ class PoolAutoscaler:
             await asyncio.gather(*(self._start(decision.reason) for _ in range(todo.start)))
 
     @property
-    def count(self) -> dict[MemberState, int]:
-        counts: dict[MemberState, int] = {"starting": 0, "ready": 0, "draining": 0, "failed": 0}
+    def count(self) -> dict[ReplicaState, int]:
+        counts: dict[ReplicaState, int] = dict.fromkeys(REPLICA_STATES, 0)
         for member in self.members.values():
             counts[member.state] += 1
         return counts

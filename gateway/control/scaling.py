@@ -59,7 +59,7 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 if TYPE_CHECKING:
     from gateway.config import Autoscale
@@ -79,6 +79,26 @@ Reason = Literal[
     "to_zero",
 ]
 ReplicaState = Literal["starting", "ready", "draining", "failed"]
+REPLICA_STATES: tuple[ReplicaState, ...] = get_args(ReplicaState)
+
+
+def _reason(
+    desired: int, unclamped: int, held: int, raw: int, capacity: int, panic: bool, from_zero: bool
+) -> Reason:
+    """Why the decision is what it is: the first rule that shaped it."""
+    if from_zero and desired > 0:
+        return "from_zero"
+    if desired != unclamped:
+        return "max" if desired < unclamped else "min"
+    if panic:
+        return "panic"
+    if desired > capacity:
+        return "scale_up"
+    if desired < capacity:
+        return "to_zero" if desired == 0 else "scale_down"
+    if raw < capacity:  # held at capacity: by a short history, or by the delay
+        return "warming" if held < capacity else "delay"
+    return "steady"
 
 
 def replicas_for(concurrency: float, target: float) -> int:
@@ -241,82 +261,99 @@ class Scaler:
         return sum(recent) / len(recent) if recent else 0.0
 
     def decide(self, now: float, ready: int, starting: int) -> Decision:
-        """The replicas the pool should have (ready + starting), once per tick."""
+        """The replicas the pool should have (ready + starting), once per tick: the
+        recommendation of the window in force (stable, panic, or a settled panic's
+        guard), then the scale-down delay, the warm-up hold and the bounds."""
         if ready < 0 or starting < 0:
             raise ValueError("replica counts must be >= 0")
         r = self.rules
         self._prune(now)
         capacity = ready + starting
-        # The latest sample covers the time since the previous decision: if replicas were
-        # starting at either end of it, it was (partly) taken short of the capacity asked for.
-        pending = starting > 0 or self._last_starting > 0
-        self._last_starting = starting
-        if starting > 0:
-            self._full_since = None
-        elif self._full_since is None:
-            self._full_since = now
+        pending = self._note_starting(now, starting)
         if self._panic_seen is not None and not pending:
             self._settle(now, capacity)
         stable = self.average(now, r.stable_window_s)
         panic_avg = self.average(now, r.panic_window_s)
         want_stable = replicas_for(stable, r.target_concurrency)
         want_panic = replicas_for(panic_avg, r.target_concurrency)
-
-        # Panic compares the exact (unrounded) ask with capacity, starting replicas included.
-        over = panic_avg / r.target_concurrency >= r.panic_threshold * capacity - EPS
-        began = False
-        if capacity >= 1 and over:
-            if self._panic_seen is None:
-                self._panic_high, self._panic_began, began = 0, now, True
-            self._panic_seen = now
-        elif self._panic_seen is not None and now - self._panic_seen >= r.stable_window_s:
-            self._panic_seen = None  # the surge is now in the stable average
+        began = self._panic_condition(now, capacity, panic_avg)
         panic = self._panic_seen is not None
-
-        raw = want_stable
         if panic:
-            ask = max(want_stable, want_panic)
-            if not began:  # a further step: only on fresh evidence (rule 2)
-                if not self._short(now) and now - self._stepped < r.stable_window_s:
-                    ask = 0
-                ask = min(ask, replicas_for(r.panic_threshold * capacity, 1))
-            raw = max(ask, self._panic_high, capacity)
-            if raw > self._panic_high:
-                self._stepped = now
-            self._panic_high = raw
-        elif now < self._guard_until:  # settled (rule 3): the stable window still lags
-            floor = capacity  # until a sample comes after the backlog: hold
-            if any(t > self._settled for t, _, _ in self._samples):
-                floor = replicas_for(self.average(now, now - self._settled), r.target_concurrency)
-            raw = max(want_stable, floor)
+            raw = self._panic_step(now, capacity, max(want_stable, want_panic), began)
+        elif now < self._guard_until:
+            raw = max(want_stable, self._guard_floor(now, capacity))
+        else:
+            raw = want_stable
         demand = stable > 0 or bool(self._samples and self._samples[-1][1] > 0)
         from_zero = capacity == 0 and demand
         if from_zero:
             raw = max(raw, want_panic, 1)  # never wait for a window to fill
+        held, unclamped = self._delay_and_warm_up(now, raw, capacity)
+        desired = min(max(unclamped, r.min_replicas), r.max_replicas)
+        reason = _reason(desired, unclamped, held, raw, capacity, panic, from_zero)
+        return Decision(desired, panic, reason, stable, panic_avg)
+
+    def _note_starting(self, now: float, starting: int) -> bool:
+        """Track replicas starting; True if the latest sample was (partly) taken short of
+        the capacity asked for: replicas were starting at either end of it."""
+        pending = starting > 0 or self._last_starting > 0
+        self._last_starting = starting
+        if starting > 0:
+            self._full_since = None
+        elif self._full_since is None:
+            self._full_since = now
+        return pending
+
+    def _panic_condition(self, now: float, capacity: int, panic_avg: float) -> bool:
+        """Enter, keep or leave panic; True when one begins now. Panic compares the exact
+        (unrounded) ask with the capacity, starting replicas included, and ends a stable
+        window after the condition last held: the surge is in the stable average then."""
+        r = self.rules
+        over = panic_avg / r.target_concurrency >= r.panic_threshold * capacity - EPS
+        if capacity >= 1 and over:
+            began = self._panic_seen is None
+            if began:
+                self._panic_high, self._panic_began = 0, now
+            self._panic_seen = now
+            return began
+        if self._panic_seen is not None and now - self._panic_seen >= r.stable_window_s:
+            self._panic_seen = None
+        return False
+
+    def _panic_step(self, now: float, capacity: int, ask: int, began: bool) -> int:
+        """In panic the recommendation only rises (never under the capacity in place); a
+        step after the first needs fresh evidence that capacity is short, and goes at
+        most to ``panic_threshold`` x the capacity (rule 2)."""
+        r = self.rules
+        if not began:
+            if not self._short(now) and now - self._stepped < r.stable_window_s:
+                ask = 0
+            ask = min(ask, replicas_for(r.panic_threshold * capacity, 1))
+        raw = max(ask, self._panic_high, capacity)
+        if raw > self._panic_high:
+            self._stepped = now
+        self._panic_high = raw
+        return raw
+
+    def _guard_floor(self, now: float, capacity: int) -> int:
+        """After a settled panic (rule 3) the stable window still holds the backlog: hold
+        the capacity until a sample comes after it, then follow the samples since."""
+        if any(t > self._settled for t, _, _ in self._samples):
+            return replicas_for(
+                self.average(now, now - self._settled), self.rules.target_concurrency
+            )
+        return capacity
+
+    def _delay_and_warm_up(self, now: float, raw: int, capacity: int) -> tuple[int, int]:
+        """(the highest recommendation over the scale-down delay, that or the capacity
+        while the history is too short to scale down on: the warm-up)."""
+        r = self.rules
         self._recs.append((now, raw))
-        held = max(rec for _, rec in self._recs)  # the scale-down delay
+        held = max(rec for _, rec in self._recs)
         warm_for = max(r.stable_window_s, r.scale_down_delay_s)
         in_window = any(t > now - r.stable_window_s for t, _, _ in self._samples)
         warming = now - self._start < warm_for or not in_window
-        unclamped = max(held, capacity) if warming else held
-        desired = min(max(unclamped, r.min_replicas), r.max_replicas)
-
-        reason: Reason
-        if from_zero and desired > 0:
-            reason = "from_zero"
-        elif desired != unclamped:
-            reason = "max" if desired < unclamped else "min"
-        elif panic:
-            reason = "panic"
-        elif desired > capacity:
-            reason = "scale_up"
-        elif desired < capacity:
-            reason = "to_zero" if desired == 0 else "scale_down"
-        elif raw < capacity:  # held at capacity: by a short history, or by the delay
-            reason = "warming" if held < capacity else "delay"
-        else:
-            reason = "steady"
-        return Decision(desired, panic, reason, stable, panic_avg)
+        return held, max(held, capacity) if warming else held
 
     def _short(self, now: float) -> bool:
         """Is there fresh evidence that the capacity in place is short (rule 2)? A whole

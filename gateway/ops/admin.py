@@ -22,7 +22,7 @@ from aiohttp import web
 
 from gateway.config import Admin
 from gateway.ops.metrics import CONTENT_TYPE
-from gateway.ops.view import GatewayView, PoolView
+from gateway.ops.view import STATES, GatewayView, PoolView
 
 log = logging.getLogger(__name__)
 WEAK_TOKENS = frozenset({"change-me", "changeme", "secret", "token", "admin"})
@@ -42,7 +42,7 @@ OPENAPI: dict[str, Any] = {
                     "url": {"type": "string", "nullable": True},
                     "state": {
                         "type": "string",
-                        "enum": ["starting", "ready", "draining", "failed"],
+                        "enum": list(STATES),
                     },
                     "inflight": {"type": "integer"},
                     "healthy": {"type": "boolean"},

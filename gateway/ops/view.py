@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from gateway.control.scaling import REPLICA_STATES
 from gateway.dataplane.policies import PeakEwma
 
 if TYPE_CHECKING:
@@ -21,11 +22,14 @@ if TYPE_CHECKING:
     from gateway.dataplane.replica import Replica
 
 
+STATES = REPLICA_STATES  # what a replica's ``state`` may be
+
+
 @dataclass(frozen=True, slots=True)
 class ReplicaView:
     id: str
     url: str | None  # None while an autoscaled replica has no address yet
-    state: str  # "ready" or "draining"; an autoscaler's also "starting" or "failed"
+    state: str  # one of STATES; a static pool's replicas are "ready" or "draining"
     inflight: int = 0
     limit: int = 0  # its concurrency limit: learnt, or the fixed cap
     up: bool = False  # the active health verdict
