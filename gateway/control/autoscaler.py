@@ -342,7 +342,7 @@ class PoolAutoscaler:
         except Exception as exc:
             del self.members[rid]
             self.ledger.release(rid)
-            self._start_failed("driver", str(exc))
+            self._start_failed("driver", f"{type(exc).__name__}: {exc}", exc)
             return
         log.info("pool %s: starting replica %s (%s)", self.pool.name, rid, reason)
         self.recorder.scale_event(self.pool.name, "start", reason)
@@ -389,7 +389,7 @@ class PoolAutoscaler:
         log.info("pool %s: replica %s ready after %.1f s", self.pool.name, url, startup_s)
         self.wake.set()  # requests may be waiting, and the plan may change
 
-    def _start_failed(self, reason: str, detail: str) -> None:
+    def _start_failed(self, reason: str, detail: str, exc: BaseException | None = None) -> None:
         """Count the failure and back off before the next start: a start that fails
         for good (a bad image, no runtime) must not spin. A replica that died after it
         was ready (``crashed``) is replaced at once the first time, since it may have
@@ -401,7 +401,7 @@ class PoolAutoscaler:
         self._backoff_until = self.clock() + backoff
         log.error(
             "pool %s: start failed: %s (%s); next start in %.0f s",
-            self.pool.name, reason, detail, backoff,
+            self.pool.name, reason, detail, backoff, exc_info=exc,  # the driver's traceback
         )  # fmt: skip
         self.recorder.start_failed(self.pool.name, reason)
 
