@@ -43,7 +43,14 @@ from gateway.dataplane.headers import (
 from gateway.dataplane.pool import NoCapacity, Pool
 from gateway.dataplane.replica import Replica
 from gateway.dataplane.retry import RETRYABLE_STATUS
-from gateway.http.client import ConnectFailed, Detach, Upstream, UpstreamError, UpstreamResponse
+from gateway.http.client import (
+    ConnectFailed,
+    Detach,
+    Timeouts,
+    Upstream,
+    UpstreamError,
+    UpstreamResponse,
+)
 from gateway.http.server import BadRequest, BodyBufferFull, BodyTimeout, Exchange, error_response
 from gateway.recorder import NULL_RECORDER, Recorder
 
@@ -374,14 +381,15 @@ class Proxy:
         try:
             response = await self.upstream.request(
                 exchange.method,
-                replica.host,
-                replica.port,
+                replica.address,
                 exchange.target,  # byte-exact: path and query as the client sent them
                 headers,
                 call.body,
-                timeouts.connect_s,
-                min(timeouts.per_try_s or timeouts.request_s, call.deadline - t0),
-                timeouts.request_s,
+                Timeouts(
+                    timeouts.connect_s,
+                    min(timeouts.per_try_s or timeouts.request_s, call.deadline - t0),
+                    timeouts.request_s,
+                ),
                 sent,
             )
         except TimeoutError:

@@ -28,10 +28,12 @@ class Replica:
     health: ReplicaHealth = field(default_factory=ReplicaHealth)
     host: str = field(init=False)  # from url, parsed once: the proxy connects to these
     port: int = field(init=False)
+    address: tuple[str, int] = field(init=False)  # (host, port)
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
         self.host, self.port = parts.hostname or "", parts.port or 80
+        self.address = (self.host, self.port)
 
     def __repr__(self) -> str:
         return f"Replica({self.id!r}, inflight={self.inflight})"

@@ -26,6 +26,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import cast
 
 import httptools
@@ -254,6 +255,16 @@ class UpstreamResponse:
             conn.close()
 
 
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """One exchange's bounds: to connect; for the response head, from the start of the
+    call (connecting included); and the longest silence while the body is read."""
+
+    connect_s: float
+    head_s: float
+    read_s: float
+
+
 class Upstream:
     def __init__(self, keepalive_s: float = 15.0) -> None:
         self.keepalive_s = keepalive_s
@@ -263,25 +274,22 @@ class Upstream:
     async def request(
         self,
         method: str,
-        host: str,
-        port: int,
+        address: tuple[str, int],
         target: str,
         headers: Iterable[tuple[str, str]],
         body: bytes,
-        connect_timeout_s: float,
-        head_timeout_s: float,
-        read_timeout_s: float,
+        timeouts: Timeouts,
         sent: Callable[[asyncio.Future[None]], None] | None = None,
     ) -> UpstreamResponse:
-        """Send a request and wait for the response head, ``head_timeout_s`` at most from
-        now, connecting included. Raises ConnectFailed, Disconnected, or TimeoutError.
-        ``sent`` is called with the head's future once the request is written: the
-        caller may end the wait early by setting an exception on it, which is raised."""
-        key = (host, port)
+        """Send a request to ``address`` (host, port) and wait for the response head,
+        ``timeouts.head_s`` at most from now, connecting included. Raises ConnectFailed,
+        Disconnected, or TimeoutError. ``sent`` is called with the head's future once the
+        request is written: the caller may end the wait early by setting an exception on
+        it, which is raised."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + head_timeout_s
-        conn = self._take(key) or await self._connect(
-            loop, host, port, min(connect_timeout_s, head_timeout_s)
+        deadline = loop.time() + timeouts.head_s
+        conn = self._take(address) or await self._connect(
+            loop, address, min(timeouts.connect_s, timeouts.head_s)
         )
         head = conn.begin(loop)
         lines = [f"{method} {target} HTTP/1.1\r\n"]
@@ -300,7 +308,9 @@ class Upstream:
             await head
         except Detach as detach:
             task = loop.create_task(
-                self._run_detached(conn, key, detach.finished, sent_at, deadline, read_timeout_s)
+                self._run_detached(
+                    conn, address, detach.finished, sent_at, deadline, timeouts.read_s
+                )
             )
             self._detached.add(task)
             task.add_done_callback(self._detached.discard)
@@ -312,7 +322,7 @@ class Upstream:
             timer.cancel()
         if method == "HEAD":  # no body follows, whatever Content-Length says
             conn.complete, conn.keep_alive = True, False
-        return UpstreamResponse(self, key, conn, read_timeout_s)
+        return UpstreamResponse(self, address, conn, timeouts.read_s)
 
     async def _run_detached(
         self,
@@ -378,8 +388,9 @@ class Upstream:
 
     @staticmethod
     async def _connect(
-        loop: asyncio.AbstractEventLoop, host: str, port: int, timeout_s: float
+        loop: asyncio.AbstractEventLoop, address: tuple[str, int], timeout_s: float
     ) -> _Connection:
+        host, port = address
         try:
             async with asyncio.timeout(timeout_s):
                 _, conn = await loop.create_connection(_Connection, host, port)

@@ -16,9 +16,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 
-from gateway.http.client import Detach, Disconnected, Upstream, UpstreamResponse
+from gateway.http.client import Detach, Disconnected, Timeouts, Upstream, UpstreamResponse
 from tests.component.conftest import pool_config
 from tests.conftest import eventually
+
+T2 = Timeouts(2, 2, 2)
 
 # The replica's answer to one request: it writes what it likes on the connection.
 Answer = Callable[[bytes, asyncio.StreamWriter], Awaitable[None]]
@@ -93,7 +95,7 @@ async def upstream() -> AsyncIterator[Upstream]:
 
 
 async def get(up: Upstream, replica: RawReplica, target: str = "/") -> UpstreamResponse:
-    return await up.request("GET", "127.0.0.1", replica.port, target, [("Host", "r")], b"", 2, 2, 2)
+    return await up.request("GET", ("127.0.0.1", replica.port), target, [("Host", "r")], b"", T2)
 
 
 def ok(body: bytes) -> bytes:
@@ -262,7 +264,13 @@ async def test_a_detached_exchange_runs_to_its_end_in_the_background(
     replica = await raw_replica(answer)
     with pytest.raises(Detach):
         await upstream.request(
-            "GET", "127.0.0.1", replica.port, "/", [("Host", "r")], b"", 2, 0.5, 2, detach
+            "GET",
+            ("127.0.0.1", replica.port),
+            "/",
+            [("Host", "r")],
+            b"",
+            Timeouts(2, 0.5, 2),
+            detach,
         )
     assert not outcomes  # the caller was let go before any answer
     await eventually(lambda: len(outcomes) == 1, within=3)
@@ -304,13 +312,13 @@ async def test_a_connection_answered_before_its_request_was_sent_is_not_reused(
     try:
         body = b"x" * (32 << 20)  # far more than the socket buffers hold
         response = await upstream.request(
-            "POST", "127.0.0.1", port, "/big", [("Host", "r")], body, 2, 2, 2
+            "POST", ("127.0.0.1", port), "/big", [("Host", "r")], body, T2
         )
         assert response.status == 413
         await response.read()
         response.release()
         response = await upstream.request(
-            "GET", "127.0.0.1", port, "/next", [("Host", "r")], b"", 2, 2, 2
+            "GET", ("127.0.0.1", port), "/next", [("Host", "r")], b"", T2
         )
         assert await response.read() == b"next"
         response.release()
