@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.config import parse_config
+from gateway.control.drivers.process import free_port as free_port  # one definition, for tests
 
 # Autoscaling with loops fast enough for a test to watch it happen.
 FAST_SCALING: dict[str, Any] = {
@@ -40,13 +40,6 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within} s")
         await asyncio.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @functools.cache

@@ -31,8 +31,10 @@ from typing import cast
 
 import httptools
 
-HIGH_WATER = 256 * 1024  # buffered body bytes above which the socket is paused
-LOW_WATER = HIGH_WATER // 4
+from gateway.http import wire
+
+LOW_WATER = wire.HIGH_WATER // 4  # ... and below which it reads again
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # a Content-Length even when empty
 MAX_LENGTH_DIGITS = 18  # a longer Content-Length is no real body (and int() balks at 4300)
 
 
@@ -134,7 +136,7 @@ class _Connection(asyncio.Protocol):
             raise Disconnected("malformed response: bytes past the end of the response")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
+        self.headers.append(wire.field(name, value))
 
     def on_headers_complete(self) -> None:
         """Status and length are taken here, where the parser is surely on this message.
@@ -158,7 +160,7 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
         self.buffered += len(body)
-        if self.buffered > HIGH_WATER and not self.paused and self.transport is not None:
+        if self.buffered > wire.HIGH_WATER and not self.paused and self.transport is not None:
             self.transport.pause_reading()
             self.paused = True
         self._wake()
@@ -292,13 +294,9 @@ class Upstream:
             loop, address, min(timeouts.connect_s, timeouts.head_s)
         )
         head = conn.begin(loop)
-        lines = [f"{method} {target} HTTP/1.1\r\n"]
-        lines.extend(f"{name}: {value}\r\n" for name, value in headers)
-        if body or method in ("POST", "PUT", "PATCH"):
-            lines.append(f"Content-Length: {len(body)}\r\n")
-        lines.append("\r\n")
+        framing = [f"Content-Length: {len(body)}\r\n"] if body or method in BODY_METHODS else []
         assert conn.transport is not None
-        conn.transport.write("".join(lines).encode("utf-8", "surrogateescape") + body)
+        conn.transport.write(wire.head(f"{method} {target} HTTP/1.1\r\n", headers, *framing) + body)
         sent_at = loop.time()
         # a timer rather than asyncio.timeout: no task cancellation on the hot path
         timer = loop.call_at(deadline, conn.time_out)

@@ -45,9 +45,10 @@ from typing import Protocol, cast
 import httptools
 import orjson
 
+from gateway.http import wire
+
 log = logging.getLogger(__name__)
 
-HIGH_WATER = 256 * 1024  # write buffer above which a stream waits; body bytes held unread
 SWEEP_S = 1.0  # the longest pause between two sweeps for expired connections
 LINGER_S = 2.0  # how long a refused client's further input is read and dropped
 COSTLY_PIECES = 256  # body pieces (chunks) in one read past which the connection waits a turn
@@ -243,7 +244,7 @@ class Exchange:
         if self._waiter is not None:
             if not self._waiter.done():
                 self._waiter.set_result(None)
-        elif self._size > HIGH_WATER:
+        elif self._size > wire.HIGH_WATER:
             self._conn.pause_reading()  # nobody is reading it yet: hold the client back
 
     def _release(self) -> None:
@@ -306,20 +307,19 @@ class Exchange:
             self._bodiless = True
         # keep-alive needs the request read to the end (see the module's docstring)
         self.keep_alive = self.keep_alive and self.complete and not self._conn.server.closing
-        lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\n"]
-        lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+        framing = []
         if status in NO_BODY_STATUS:
             pass
         elif self._chunked:
-            lines.append("Transfer-Encoding: chunked\r\n")
+            framing.append("Transfer-Encoding: chunked\r\n")
         elif length is not None:
-            lines.append(f"Content-Length: {length}\r\n")
+            framing.append(f"Content-Length: {length}\r\n")
         if not self.keep_alive:
-            lines.append("Connection: close\r\n")
+            framing.append("Connection: close\r\n")
         elif self.version == "1.0":
-            lines.append("Connection: keep-alive\r\n")
-        lines.append("\r\n")
-        return "".join(lines).encode("utf-8", "surrogateescape")
+            framing.append("Connection: keep-alive\r\n")
+        start = f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\n"
+        return wire.head(start, headers, *framing)
 
     def _finish(self) -> None:
         self.finished = True
@@ -372,7 +372,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
-        self.transport.set_write_buffer_limits(high=HIGH_WATER)
+        self.transport.set_write_buffer_limits(high=wire.HIGH_WATER)
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if isinstance(peer, tuple) else ""
         refused = self.server.admit(self)
@@ -468,14 +468,14 @@ class _Connection(asyncio.Protocol):
         if len(self._headers) >= limits.max_header_fields:
             self._stop(431, "too many request header fields", "header_fields")
             raise _Stopped
-        self._headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
+        self._headers.append(wire.field(name, value))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
         exchange = Exchange(
             self,
             parser.get_method().decode("ascii"),
-            self._url.decode("utf-8", "surrogateescape"),
+            wire.text(self._url),
             parser.get_http_version(),
             self._headers,
             parser.should_keep_alive(),

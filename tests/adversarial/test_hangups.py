@@ -13,7 +13,7 @@ import pytest
 from hypothesis import assume, event, given, settings
 from hypothesis import strategies as st
 
-from gateway.http.server import HIGH_WATER
+from gateway.http.wire import HIGH_WATER
 from tests.adversarial.checks import check_hung_up, stream_of, write_pieces
 from tests.adversarial.conftest import LIMITS
 from tests.adversarial.streams import Spec, ok_requests

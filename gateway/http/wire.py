@@ -1,0 +1,36 @@
+"""HTTP/1.1 as both ends of the gateway write and read it: a message head's bytes, a
+header field's text, and how much one side buffers before it applies backpressure.
+
+Text is carried as UTF-8 with surrogate escapes both ways, so a header value or target
+that is not valid UTF-8 reaches the other side byte for byte; header names are Latin-1
+(llhttp admits only token characters in them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+# Bytes one side holds before it pushes back: a response stream waits on a client's
+# write buffer above it, a request body not yet read pauses the client, and a replica's
+# body not yet relayed pauses the replica.
+HIGH_WATER = 256 * 1024
+
+
+def head(start_line: str, headers: Iterable[tuple[str, str]], *framing: str) -> bytes:
+    """A message head: its start line, its header fields, then ``framing`` (fields the
+    gateway sets itself, such as Content-Length), each already ending in CRLF."""
+    lines = [start_line]
+    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+    lines.extend(framing)
+    lines.append("\r\n")
+    return "".join(lines).encode("utf-8", "surrogateescape")
+
+
+def field(name: bytes, value: bytes) -> tuple[str, str]:
+    """A header field as text, as the parser handed it over."""
+    return name.decode("latin-1"), value.decode("utf-8", "surrogateescape")
+
+
+def text(raw: bytes | bytearray) -> str:
+    """A request target as text."""
+    return raw.decode("utf-8", "surrogateescape")
