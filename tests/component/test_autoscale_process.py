@@ -315,3 +315,24 @@ async def test_a_replica_that_dies_soon_after_it_is_ready_is_restarted_with_back
     text = gw.recorder.exposition().decode()
     assert 'gateway_replica_start_failures_total{pool="default",reason="crashed"} 2.0' in text
     assert scaler._backoff_until - gw.clock() > 1.0  # the first: at once; the second: 2 s
+
+
+@pytest.mark.parametrize(
+    "content", [b"[]", b"{}", b'{"pid": "1", "replica_id": "x"}', b"not json", b"\xff\xfe"]
+)
+async def test_a_malformed_record_is_skipped_not_fatal_to_the_listing(
+    tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One file in the state directory that is not a record this driver wrote (cut short,
+    edited, another program's): the listing goes on without it, and says so once."""
+    spec = ReplicaSpec("default", "default-2222", "", command=(*SIM_PROCESS["command"],))
+    driver = ProcessDriver(tmp_path, "me")
+    instance = await driver.start(spec)
+    try:
+        (tmp_path / "default-bad.json").write_bytes(content)
+        for _ in range(2):
+            assert [i.replica_id for i in await driver.list("default")] == ["default-2222"]
+        skipped = [r for r in caplog.records if "not a replica record" in r.getMessage()]
+        assert len(skipped) == 1
+    finally:
+        await driver.stop(instance, timeout_s=5)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -40,6 +41,7 @@ STOP_POLL_S = 0.05
 # a locale, a temp dir and the gateway's Python packages; ``LC_*`` too. Nothing else.
 INHERITED = frozenset({"PATH", "HOME", "LANG", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV"})
 MARKER = "INFERENCE_GATEWAY_REPLICA"
+log = logging.getLogger(__name__)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -47,6 +49,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def _well_formed(record: dict[str, object]) -> bool:
+    """Has the record every field ``start`` writes, of its type?"""
+    fields = {"replica_id": str, "pool": str, "pid": int, "url": str, "gpu_ids": list}
+    return all(isinstance(record.get(name), kind) for name, kind in fields.items())
 
 
 def replica_env(spec: ReplicaSpec, port: int, marker: str) -> dict[str, str]:
@@ -87,6 +95,7 @@ class ProcessDriver:
         self._children: dict[int, asyncio.subprocess.Process] = {}
         self._events: asyncio.Queue[str] = asyncio.Queue()
         self._watchers: set[asyncio.Task[None]] = set()
+        self._malformed: set[Path] = set()  # record files skipped (each logged once)
 
     async def list(self, pool: str) -> list[Instance]:
         records = await asyncio.to_thread(self._records)  # file and /proc reads: off the loop
@@ -124,18 +133,19 @@ class ProcessDriver:
         only if it is ours."""
         path = self._path(instance.replica_id)
         record = await asyncio.to_thread(self._read, path)
-        if record is None or not self._ours(record):
+        if record is None or not _well_formed(record) or not self._ours(record):
             return
         pid = record["pid"]
         assert isinstance(pid, int)
-        if self._alive(record):
+        alive = await asyncio.to_thread(self._alive, record)  # /proc reads: off the loop
+        if alive:
             self._signal(pid, signal.SIGTERM)
             # An adopted replica is not our child, so there is nothing to wait on: poll.
             for _ in range(max(1, round(timeout_s / STOP_POLL_S))):
-                if not self._alive(record):
+                if not await asyncio.to_thread(self._alive, record):
                     break
                 await asyncio.sleep(STOP_POLL_S)
-            if self._alive(record):
+            if await asyncio.to_thread(self._alive, record):
                 self._signal(pid, signal.SIGKILL)
         child = self._children.pop(pid, None)
         if child is not None:
@@ -168,18 +178,25 @@ class ProcessDriver:
     @staticmethod
     def _read(path: Path) -> dict[str, object] | None:
         try:
-            record: dict[str, object] = orjson.loads(path.read_bytes())
+            record = orjson.loads(path.read_bytes())
         except (OSError, orjson.JSONDecodeError):
             return None
-        return record
+        return record if isinstance(record, dict) else None
 
     def _records(self) -> builtins.list[tuple[dict[str, object], Instance]]:
+        """Our replicas' records. One that is not a record this driver wrote (cut short,
+        edited, another program's file) is skipped, and logged once: a single bad file
+        must not fail every listing, which would stop the pool's autoscaling."""
         found = []
         for path in sorted(self.state_dir.glob("*.json")):
-            with contextlib.suppress(OSError, orjson.JSONDecodeError):
-                record = orjson.loads(path.read_bytes())
-                if self._ours(record):
-                    found.append((record, self._instance(record)))
+            record = self._read(path)
+            if record is None or not _well_formed(record):
+                if path not in self._malformed:
+                    self._malformed.add(path)
+                    log.warning("process driver: %s is not a replica record; skipped", path)
+                continue
+            if self._ours(record):
+                found.append((record, self._instance(record)))
         return found
 
     def _instance(self, record: dict[str, object]) -> Instance:
