@@ -95,13 +95,10 @@ class Gateway:
         # clients go through the leaner ``Upstream``.
         self.session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         # GPUs are host-wide: one ledger over every pool's GPUs, so none is given out twice
-        gpu_ids = {
-            gpu
-            for settings in config.pools.values()
-            if settings.autoscale is not None
-            for gpu in discover_gpus(settings.autoscale.gpus)
-        }
-        self.ledger = GpuLedger(sorted(gpu_ids))
+        # (asking NVML loads a library and may wait on the driver: off the loop)
+        settings_of = [s.autoscale.gpus for s in config.pools.values() if s.autoscale is not None]
+        found = await asyncio.gather(*(asyncio.to_thread(discover_gpus, g) for g in settings_of))
+        self.ledger = GpuLedger(sorted({gpu for gpus in found for gpu in gpus}))
         for name, settings in config.pools.items():
             self._add_pool(name, settings)
         self.upstream = Upstream()
@@ -110,6 +107,7 @@ class Gateway:
         self.proxy.trusted_proxies = config.trusted_proxies
 
         self.admin_api = AdminApi(self)
+        await asyncio.to_thread(self.admin_api.refresh_token)  # may read a token file
         self._admin, self.admin_port = await self._serve_admin(config.admin.host, config.admin.port)
         raise_open_files_limit()
         await self._start_listener()

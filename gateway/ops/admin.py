@@ -172,9 +172,12 @@ def read_token(env: str, file: str | None) -> str | None:
 
 
 class AdminApi:
+    """The routes; off until ``refresh_token`` has read a token (the gateway calls it
+    at start and after each reload, in a thread: it may read a file)."""
+
     def __init__(self, gateway: Operable) -> None:
         self.gateway = gateway
-        self.refresh_token()
+        self.token: str | None = None
 
     def refresh_token(self) -> None:
         """Read the token; a placeholder or a short one leaves the admin routes off, as
