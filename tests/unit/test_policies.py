@@ -22,14 +22,7 @@ from gateway.dataplane.policies import (
     make_policy,
 )
 from gateway.dataplane.replica import Replica
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import Clock
 
 
 def replicas(*ids: str, inflight: tuple[int, ...] = ()) -> list[Replica]:

@@ -11,6 +11,7 @@ from gateway import config
 from gateway.dataplane.hedging import REFRESH
 from gateway.dataplane.pool import NoCapacity, Pool
 from gateway.dataplane.replica import Replica
+from tests.fakes import Clock
 
 
 class FirstPolicy:
@@ -32,14 +33,6 @@ class FirstPolicy:
 
     def __init__(self) -> None:
         self.forgotten: list[str] = []
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_pool(n: int, **settings: object) -> tuple[Pool, list[Replica], Clock]:

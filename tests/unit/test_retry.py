@@ -5,14 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.dataplane.retry import WINDOW_S, RetryBudget
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fakes import Clock
 
 
 def spend(budget: RetryBudget, tries: int) -> int:
@@ -30,14 +23,14 @@ def spend(budget: RetryBudget, tries: int) -> int:
     ],
 )
 def test_allowance(requests: int, percent: float, min_per_s: float, allowed: int) -> None:
-    budget = RetryBudget(Clock(), percent=percent, min_per_s=min_per_s)
+    budget = RetryBudget(Clock(1000.0), percent=percent, min_per_s=min_per_s)
     for _ in range(requests):
         budget.record_request()
     assert spend(budget, 10_000) == allowed
 
 
 def test_the_window_slides() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     budget = RetryBudget(clock, percent=50, min_per_s=0)
     for _ in range(10):
         budget.record_request()
