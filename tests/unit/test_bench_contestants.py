@@ -1,8 +1,8 @@
-"""The peers' configs say what the gateway's config says, and their programs accept them."""
+"""The peers' configs say what the gateway's config says (their programs accept them:
+``tests/component/test_bench_configs.py``)."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,6 @@ from load.bench.contestants import (
     haproxy_config,
     nginx_config,
 )
-from load.bench.install import binary
 
 BACKENDS = ["http://127.0.0.1:9101", "http://127.0.0.1:9102", "http://127.0.0.1:9103"]
 LIMITS = Limits(max_inflight=6)
@@ -81,28 +80,6 @@ def test_nginx_gets_the_same_settings(method: str, directive: str | None, tmp_pa
         f"server {url.removeprefix('http://')} max_fails=5 fail_timeout=10s;" for url in BACKENDS
     ]
     assert all(str(tmp_path) in ln for ln in text if ln.startswith(("pid ", "error_log ")))
-
-
-@pytest.mark.skipif(binary("haproxy") is None, reason="haproxy is not installed")
-@pytest.mark.parametrize("balance", ["roundrobin", "leastconn"])
-def test_haproxy_accepts_its_config(balance: str, tmp_path: Path) -> None:
-    path = tmp_path / "haproxy.cfg"
-    path.write_text(haproxy_config(balance, BACKENDS, 18081, LIMITS, tmp_path))
-    argv = [str(binary("haproxy")), "-c", "-f", str(path)]
-    check = subprocess.run(argv, capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
-
-
-@pytest.mark.skipif(binary("nginx") is None, reason="nginx is not installed")
-@pytest.mark.parametrize("method", ["round_robin", "least_conn"])
-def test_nginx_accepts_its_config(method: str, tmp_path: Path) -> None:
-    (tmp_path / "tmp").mkdir()
-    path = tmp_path / "nginx.conf"
-    path.write_text(nginx_config(method, BACKENDS, 18082, LIMITS, tmp_path))
-    argv = [str(binary("nginx")), "-t", "-p", str(tmp_path), "-c", str(path),
-            "-e", str(tmp_path / "nginx-error.log")]  # fmt: skip
-    check = subprocess.run(argv, capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_every_contestant_has_a_unique_name() -> None:
