@@ -32,11 +32,17 @@ FAST_SCALING: dict[str, Any] = {
 
 
 async def eventually(
-    predicate: Callable[[], bool], within: float = 5.0, interval: float = 0.02
+    predicate: Callable[[], bool | Awaitable[bool]], within: float = 5.0, interval: float = 0.02
 ) -> None:
-    """Wait until ``predicate()`` holds; fail with a clear message after ``within`` seconds."""
+    """Wait until ``predicate()`` holds (it may be a coroutine function: an HTTP check);
+    fail with a clear message after ``within`` seconds."""
     deadline = time.monotonic() + within
-    while not predicate():
+    while True:
+        held = predicate()
+        if not isinstance(held, bool):
+            held = await held
+        if held:
+            return
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within} s")
         await asyncio.sleep(interval)

@@ -142,23 +142,16 @@ async def test_sighup_and_file_watch_reload(backend, tmp_path: Path) -> None:
 
     try:
         async with aiohttp.ClientSession() as session:
-            for _ in range(100):
-                if await reloads(session) >= 0:
-                    break
-                await asyncio.sleep(0.1)
+
+            async def reloaded(times: int) -> bool:
+                return await reloads(session) == times
+
+            await eventually(lambda: reloaded(0), within=10, interval=0.1)  # up, not reloaded
             proc.send_signal(signal.SIGHUP)
-            for _ in range(50):
-                if await reloads(session) == 1:
-                    break
-                await asyncio.sleep(0.1)
-            assert await reloads(session) == 1
+            await eventually(lambda: reloaded(1), within=5, interval=0.1)
             config["pools"]["default"]["policy"] = "p2c"
             path.write_text(yaml.safe_dump(config))  # the watcher notices by itself
-            for _ in range(50):
-                if await reloads(session) == 2:
-                    break
-                await asyncio.sleep(0.1)
-            assert await reloads(session) == 2
+            await eventually(lambda: reloaded(2), within=5, interval=0.1)
     finally:
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 15) == 0
