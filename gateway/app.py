@@ -290,9 +290,8 @@ class Gateway:
         state_dir = Path(self.config.state_dir).expanduser()
         instance = instance_id(self.config.cluster, state_dir)  # whose replicas are ours
         if settings.driver == "docker":
-            from gateway.control.drivers.docker import (
-                DockerDriver,  # only docker pools need the SDK
-            )
+            # imported here: only docker pools need the SDK
+            from gateway.control.drivers.docker import DockerDriver
 
             docker_driver: Driver = DockerDriver(instance=instance, reach=settings.reach)
             return docker_driver

@@ -9,9 +9,9 @@ hedged: a backup goes to another replica and the first good head wins (``_Hedge`
 attempt it outran is cut, except one per replica at a time, which runs on as the
 replica's probe (its answer dropped, its latency learnt: a replica slowed down keeps
 answering someone, so it is priced as slow, not taken for hung, and seen when it
-recovers). Once
-the response head arrives the body is streamed through as it is produced (SSE, chunked),
-and the replica's slot is held until the last byte, since the model is busy until then.
+recovers). Once the response head arrives the body is streamed through as it is
+produced (SSE, chunked), and the replica's slot is held until the last byte, since the
+model is busy until then.
 A client that hangs up before the response head cancels its request wherever it is
 (queued, or waiting on a replica), as nginx and Envoy do.
 

@@ -325,7 +325,7 @@ class Upstream:
     async def _run_detached(
         self,
         conn: _Connection,
-        key: tuple[str, int],
+        address: tuple[str, int],
         finished: Callable[[float, int | None], None],
         sent_at: float,
         deadline: float,
@@ -349,7 +349,7 @@ class Upstream:
             finally:
                 timer.cancel()
         latency_s = loop.time() - sent_at
-        response = UpstreamResponse(self, key, conn, read_timeout_s)
+        response = UpstreamResponse(self, address, conn, read_timeout_s)
         try:
             await response.read()
             status = response.status
