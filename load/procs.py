@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import platform
 import signal
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -37,10 +39,14 @@ class Procs:
         self.grace_s = grace_s
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        """Start ``args`` with stdout and stderr in ``<log_dir>/<name>.log``."""
+    def start(
+        self, name: str, args: list[str], cores: set[int] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start ``args`` with stdout and stderr in ``<log_dir>/<name>.log``, on ``cores``
+        (None: this process's)."""
+        pin = None if cores is None else functools.partial(os.sched_setaffinity, 0, cores)
         with open(self.log_path(name), "wb") as log:
-            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin)
         self.procs[name] = proc
         return proc
 
@@ -143,6 +149,26 @@ def sim_command(ports: list[int], **settings: Any) -> list[str]:
     """``python -m backends.sim --ports ...`` with settings as flags (``service_ms=1``)."""
     flags = [f"--{key.replace('_', '-')}={value}" for key, value in settings.items()]
     return python("backends.sim", "--ports", ",".join(map(str, ports)), *flags)
+
+
+@contextlib.contextmanager
+def proxy_apart() -> Iterator[set[int] | None]:
+    """Keep the proxy under test off everything else's cores: yields the core for it (the
+    last usable one) while this process, and every child it starts without ``cores``,
+    runs on the others; nothing is pinned (None) below two cores. On a small machine a
+    proxy's own CPU would otherwise delay the sim replicas' timers and the load generator,
+    and it would be judged on replicas slowed by its cost, not on its routing: at 90 %
+    load on one-slot replicas, a spinner taking 14 % of a core beside nginx raised its
+    mean latency by 3-4 ms (``load/RESULTS.md``, the matrix)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        yield None
+        return
+    os.sched_setaffinity(0, cores[:-1])
+    try:
+        yield {cores[-1]}
+    finally:
+        os.sched_setaffinity(0, cores)
 
 
 def write_config(path: Path, config: dict[str, Any]) -> Path:

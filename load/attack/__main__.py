@@ -35,7 +35,15 @@ from load.bench import report
 from load.bench.contestants import CONTESTANTS, Contestant, Limits, launch
 from load.bench.install import ensure
 from load.loadgen import run_load
-from load.procs import Procs, python, sim_command, tree_rss_bytes, wait_for_url, write_report
+from load.procs import (
+    Procs,
+    proxy_apart,
+    python,
+    sim_command,
+    tree_rss_bytes,
+    wait_for_url,
+    write_report,
+)
 
 LOAD = Path(__file__).resolve().parents[1]
 NAMES = ("gateway-peak_ewma", "haproxy-leastconn", "nginx-least_conn")
@@ -80,16 +88,16 @@ async def peak_rss(pid: int, stop: asyncio.Event) -> int:
 
 
 async def start(c: Contestant, procs: Procs, replica: list[str], binaries: dict[str, str],
-                health: str) -> tuple[str, int]:  # fmt: skip
-    """Two replicas from ``replica`` (a command line, ``{port}`` filled in), ``c`` in front;
-    returns the proxy's port and pid."""
+                health: str, core: set[int] | None) -> tuple[str, int]:  # fmt: skip
+    """Two replicas from ``replica`` (a command line, ``{port}`` filled in), ``c`` in front
+    on ``core``; returns the proxy's port and pid."""
     urls = []
     for i in range(2):
         port = free_port()
         procs.start(f"r{i}", [arg.replace("{port}", str(port)) for arg in replica])
         urls.append(f"http://127.0.0.1:{port}")
         await wait_for_url(f"{urls[-1]}{health}", within=30, proc=procs.procs[f"r{i}"])
-    target = launch(c, procs, urls, LIMITS, binaries)
+    target = launch(c, procs, urls, LIMITS, binaries, core)
     assert target.proc is not None
     await wait_for_url(f"{target.urls[0].removesuffix('/predict')}/health", within=60,
                        proc=target.proc)  # fmt: skip
@@ -100,8 +108,8 @@ async def attacks(c: Contestant, args: argparse.Namespace, binaries: dict[str, s
                   names: list[str]) -> list[dict[str, Any]]:  # fmt: skip
     sim = sim_command([0], **REPLICA)
     sim[sim.index("--ports") + 1] = "{port}"
-    with Procs(log_dir=args.out / c.name, grace_s=5) as procs:
-        url, pid = await start(c, procs, sim, binaries, "/health")
+    with Procs(log_dir=args.out / c.name, grace_s=5) as procs, proxy_apart() as core:
+        url, pid = await start(c, procs, sim, binaries, "/health", core)
         port = int(url.split(":")[2].split("/")[0])
         quiet = await run_load([url], args.rate, args.duration, seed=1)
         rows = []
@@ -131,8 +139,8 @@ async def crosstalk(
     """``--crosstalk`` requests through over-sending replicas, over two alternating
     keep-alive clients: how many answers were not their own token's 200."""
     command = python("load.attack.oversend", "--port", "{port}")
-    with Procs(log_dir=args.out / c.name / "crosstalk", grace_s=5) as procs:
-        url, _ = await start(c, procs, command, binaries, "/health")
+    with Procs(log_dir=args.out / c.name / "crosstalk", grace_s=5) as procs, proxy_apart() as core:
+        url, _ = await start(c, procs, command, binaries, "/health", core)
         foreign = failed = 0
         timeout = aiohttp.ClientTimeout(total=10)
         async with (

@@ -10,7 +10,9 @@ a ceiling) and its hedging are its defaults, as a user who tuned nothing would r
 HAProxy's per-server ``maxconn`` is ``Limits.max_inflight``.
 
 One process each on one core: the gateway is one event loop, so HAProxy runs one thread
-(``nbthread 1``) and nginx one worker (``worker_processes 1``). Every peer runs in the
+(``nbthread 1``) and nginx one worker (``worker_processes 1``), and that core is the
+proxy's alone (``load.procs.proxy_apart``: the replicas and the load generator run on
+the others). Every peer runs in the
 foreground as our child (``haproxy -db``, nginx ``daemon off``), with its config, pid file
 and logs in the run's folder, listening on 127.0.0.1 only.
 """
@@ -212,9 +214,15 @@ class Target:
 
 
 def launch(
-    c: Contestant, procs: Procs, backends: list[str], limits: Limits, binaries: dict[str, str]
+    c: Contestant,
+    procs: Procs,
+    backends: list[str],
+    limits: Limits,
+    binaries: dict[str, str],
+    cores: set[int] | None = None,
 ) -> Target:
-    """Write ``c``'s config into ``procs.log_dir`` and start it (nothing for direct)."""
+    """Write ``c``'s config into ``procs.log_dir`` and start it on ``cores`` (nothing for
+    direct)."""
     if c.kind == "direct":
         return Target([f"{url}/predict" for url in backends], None)
     port, out = free_port(), procs.log_dir
@@ -232,4 +240,4 @@ def launch(
         path.write_text(nginx_config(c.policy, backends, port, limits, out))
         log = str(out / "nginx-error.log")  # -e: else it opens /var/log/nginx's first
         argv = [binaries["nginx"], "-p", str(out), "-c", str(path), "-e", log]
-    return Target([f"http://127.0.0.1:{port}/predict"], procs.start(c.name, argv))
+    return Target([f"http://127.0.0.1:{port}/predict"], procs.start(c.name, argv, cores))

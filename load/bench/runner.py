@@ -22,7 +22,7 @@ from load.bench.backends import Backends
 from load.bench.contestants import MAX_OUTSTANDING, Contestant, launch
 from load.bench.scenarios import Scenario
 from load.loadgen import DEFAULT_BODY, Summary, run_load, tally
-from load.procs import Procs, cpu_seconds, tree_cpu_seconds, wait_for_url
+from load.procs import Procs, cpu_seconds, proxy_apart, tree_cpu_seconds, wait_for_url
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,10 @@ async def run_contestant(
     s: Scenario, c: Contestant, opts: Options, binaries: dict[str, str]
 ) -> dict[str, Any]:
     rate = opts.rate or s.rate
-    with Procs(log_dir=opts.out / s.name / c.name, grace_s=10) as procs:
+    with Procs(log_dir=opts.out / s.name / c.name, grace_s=10) as procs, proxy_apart() as core:
         backends = Backends(procs, s.replicas)
         await backends.start()
-        target = launch(c, procs, backends.urls, s.limits, binaries)
+        target = launch(c, procs, backends.urls, s.limits, binaries, core)
         try:
             await wait_for_url(target.urls[0], within=60, proc=target.proc, method="POST",
                                body=DEFAULT_BODY)  # fmt: skip
