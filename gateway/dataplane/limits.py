@@ -140,6 +140,11 @@ class ConcurrencyLimit:
         self._found = False  # a knee seen over a base known to be below it: slow start ends
         self._changed_at = float("-inf")  # when congestion last lowered it, or it rose
 
+    @property
+    def found(self) -> bool:
+        """Has a knee been found, so that ``concurrency`` is a measured one?"""
+        return self._found
+
     def set_ceiling(self, ceiling: int) -> None:
         """A new ceiling (on reload): what was learnt stays, the limit is kept under it."""
         self.ceiling = ceiling

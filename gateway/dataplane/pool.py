@@ -180,9 +180,10 @@ class Pool:
 
     def try_hedge(self, exclude: frozenset[str]) -> Replica | None:
         """A reserved slot for a backup attempt, if a replica outside ``exclude`` has one
-        idle now (fewer in flight than its slots: a backup queued inside a busy replica
-        only adds work where it cannot win) and the hedge budget has room. A hedge never
-        queues: it must not take a slot from a request that is waiting for one."""
+        idle now (fewer in flight than it surely serves at once: its knee once found,
+        else none; a backup queued inside a busy replica only adds work where it cannot
+        win) and the hedge budget has room. A hedge never queues: it must not take a
+        slot from a request that is waiting for one."""
         if not self.hedge_budget.allows_retry():
             return None
         replica = self._pick(exclude, idle_only=True)
@@ -353,15 +354,16 @@ class Pool:
         limit = self._limits[replica.id]
         if self.adaptive:
             replica.cap, replica.slots = limit.value, limit.concurrency
+            replica.sure_slots = limit.concurrency if limit.found else 1.0
         else:
             replica.cap = self.max_inflight
-            replica.slots = float(self.max_inflight)
+            replica.slots = float(self.max_inflight)  # a cap the operator set, not a knee
 
     def _pick(
         self, exclude: frozenset[str], ahead: int = 0, idle_only: bool = False
     ) -> Replica | None:
         """The policy's choice among the routable replicas outside ``exclude`` that have
-        a free slot (``idle_only``: one under their slots, not only under their cap),
+        a free slot (``idle_only``: one under its sure slots, not only under its cap),
         told which are full and how many requests wait ``ahead``."""
         now = self.clock()
         live = [r for r in self.replicas.values() if not r.draining]
@@ -370,7 +372,7 @@ class Pool:
         full: list[Replica] = []
         for r in routable:
             if r.id not in exclude:
-                room = r.slots if idle_only else r.cap
+                room = r.sure_slots if idle_only else r.cap
                 (candidates if r.inflight < room else full).append(r)
         return self.policy.pick(candidates, full, ahead) if candidates else None
 

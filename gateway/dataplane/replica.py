@@ -23,6 +23,7 @@ class Replica:
     inflight: int = 0
     cap: int = 1  # most requests in flight on it; set by the pool
     slots: float = 1.0  # how many it serves side by side (the knee ``cap`` was learnt from)
+    sure_slots: float = 1.0  # how many it surely does: the knee once found, else 1
     draining: bool = False
     probing: bool = False
     health: ReplicaHealth = field(default_factory=ReplicaHealth)
