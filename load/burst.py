@@ -46,9 +46,9 @@ import orjson
 import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.control.drivers.process import free_port
+from gateway.control.drivers import free_port
 from load.loadgen import DEFAULT_BODY, distribution, error_kind, percentile
-from load.procs import Procs, python, wait_for_url, write_config
+from load.procs import Procs, python, stat_fields, wait_for_url, write_config
 
 POOL = "default"
 OUT = Path(__file__).parent / "out"  # git-ignored
@@ -217,11 +217,8 @@ def log_events(log: Path, wall0: float) -> list[dict[str, Any]]:
 
 def alive(pid: int, started: str) -> bool:
     """True if ``pid`` is still the process we saw (same kernel start time) and not a zombie."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] != "Z" and fields[19] == started
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != "Z" and fields[19] == started
 
 
 def reap(pids: dict[int, str], grace_s: float = 5.0) -> list[int]:
@@ -400,7 +397,7 @@ async def bench(plan: Plan, logs: Path) -> dict[str, Any]:
             await sampler
         finally:
             procs.stop_all()  # SIGTERM: with on_exit stop the gateway drains its replicas
-            leftover = reap(pids)
+            leftover = await asyncio.to_thread(reap, pids)  # it waits: off the loop
             shutil.rmtree(state, ignore_errors=True)
     events = log_events(procs.log_path("gateway"), wall0)
     result = analyse(shots, samples, events, plan)

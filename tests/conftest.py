@@ -14,7 +14,7 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.config import parse_config
-from gateway.control.drivers.process import free_port as free_port  # one definition, for tests
+from gateway.control.drivers import free_port as free_port  # one definition, for tests
 
 # Autoscaling with loops fast enough for a test to watch it happen.
 FAST_SCALING: dict[str, Any] = {

@@ -29,7 +29,7 @@ import aiohttp
 import orjson
 import uvloop
 
-from gateway.control.drivers.process import free_port
+from gateway.control.drivers import free_port
 from load.attack.hostile import ATTACKS
 from load.bench import report
 from load.bench.contestants import CONTESTANTS, Contestant, Limits, launch

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.control.drivers.process import free_port
+from gateway.control.drivers import free_port
 from load.bench.scenarios import Action, Replica
 from load.procs import Procs, sim_command, wait_for_url
 

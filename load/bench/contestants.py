@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.control.drivers.process import free_port
+from gateway.control.drivers import free_port
 from load.procs import Procs, python, write_config
 
 MAX_OUTSTANDING = 4000  # the load generator's cap on requests out at once

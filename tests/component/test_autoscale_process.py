@@ -20,6 +20,7 @@ from gateway.app import Gateway
 from gateway.config import parse_config
 from gateway.control.drivers import MANAGER, ReplicaSpec
 from gateway.control.drivers.process import INHERITED, MARKER, ProcessDriver
+from load.procs import stat_fields
 from tests.conftest import SIM_PROCESS, eventually, free_port, load_until, scaled_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -198,7 +199,9 @@ async def test_a_restarted_gateway_adopts_its_replicas(tmp_path: Path) -> None:
 
 def start_time(pid: int) -> str:
     """The kernel's start time of ``pid``: field 22 of /proc/PID/stat."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    fields = stat_fields(pid)
+    assert fields is not None, f"pid {pid} is gone"
+    return fields[19]
 
 
 def environ_of(pid: int) -> dict[str, str]:

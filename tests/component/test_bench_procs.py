@@ -10,14 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from load.procs import Procs, proxy_apart
+from load.procs import Procs, proxy_apart, stat_fields
 
 GRACE_S = 10.0
 
 
 def state(pid: int) -> str:
     """The process's state letter in /proc (T: stopped)."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    fields = stat_fields(pid)
+    assert fields is not None
+    return fields[0]
 
 
 @pytest.mark.parametrize("kill", [False, True])

@@ -8,6 +8,7 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.component.conftest import ok_handler, pool_config
 
@@ -32,6 +33,19 @@ async def test_503_from_one_replica_is_retried_on_another(backend, gateway, clie
     assert bad.hits >= 1 and good.hits == 10
 
 
+async def retries(client, gw, reason: str) -> float:
+    """The gateway's count of retries after ``reason``, from its /metrics."""
+    async with client.get(f"http://127.0.0.1:{gw.admin_port}/metrics") as resp:
+        text = await resp.text()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "gateway_retries"
+        for sample in family.samples
+        if sample.name == "gateway_retries_total" and sample.labels.get("reason") == reason
+    )
+
+
 async def test_connection_refused_is_retried(backend, gateway, client) -> None:
     good = await backend(ok_handler)
     dead = "http://127.0.0.1:1"
@@ -39,6 +53,8 @@ async def test_connection_refused_is_retried(backend, gateway, client) -> None:
     for _ in range(10):
         async with client.post(f"{gw.url}/predict") as resp:
             assert resp.status == 200
+    assert good.hits == 10
+    assert await retries(client, gw, "connect") >= 1  # the dead one was tried, and left
 
 
 async def test_no_retry_after_the_first_byte(backend, gateway, client) -> None:
@@ -107,8 +123,11 @@ async def test_hung_replica_is_abandoned_for_another_within_the_deadline(
     )
     gw = await gateway(config)
     for _ in range(4):
+        t0 = time.monotonic()
         async with client.post(f"{gw.url}/predict") as resp:
             assert resp.status == 200
+        assert time.monotonic() - t0 < 2  # within request_s: the hung try was left early
+    assert hung.hits >= 1 and good.hits == 4  # by a per-try timeout or a hedge
 
 
 async def test_full_queue_gets_503_with_retry_after(backend, gateway, client) -> None:

@@ -12,6 +12,7 @@ in threads, never on the event loop.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -26,6 +27,16 @@ GPUS = "io.inference-gateway.gpus"  # comma-separated device ids, "" for none
 MANAGER = "inference-gateway"
 
 InstanceState = Literal["created", "running", "exited"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` now, for a replica a driver starts on this machine (the
+    tests and the load harness take theirs here too). Another process may take it before
+    the replica binds it: the replica then fails to start, which readiness reports."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 @dataclass(frozen=True, slots=True)

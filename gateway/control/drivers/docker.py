@@ -35,7 +35,6 @@ import contextlib
 import logging
 import math
 import re
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -55,6 +54,7 @@ from gateway.control.drivers import (
     Instance,
     InstanceState,
     ReplicaSpec,
+    free_port,
 )
 
 log = logging.getLogger(__name__)
@@ -68,13 +68,6 @@ EVENTS_RETRY_S = (0.5, 10.0)  # reconnect backoff of the event stream: first, ca
 _END = object()  # the event thread's stream ended
 
 Reach = Literal["published", "network"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def container_name(replica_id: str) -> str:
@@ -150,7 +143,7 @@ class DockerDriver:
         retry of the same spec never meets a name conflict."""
         client = await self._client()
         host_net = spec.network == "host"
-        port = _free_port() if host_net else spec.port
+        port = free_port() if host_net else spec.port
         labels = {
             MANAGED_BY: MANAGER,
             INSTANCE: self.instance,

@@ -27,14 +27,13 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
 
-from gateway.control.drivers import MANAGER, Instance, ReplicaSpec
+from gateway.control.drivers import MANAGER, Instance, ReplicaSpec, free_port
 
 STOP_POLL_S = 0.05
 # What a replica inherits of the gateway's environment: enough to find programs, a home,
@@ -42,13 +41,6 @@ STOP_POLL_S = 0.05
 INHERITED = frozenset({"PATH", "HOME", "LANG", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV"})
 MARKER = "INFERENCE_GATEWAY_REPLICA"
 log = logging.getLogger(__name__)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _well_formed(record: dict[str, object]) -> bool:
