@@ -40,10 +40,12 @@ from gateway.control.gpus import GpuLedger, discover_gpus
 from gateway.dataplane.policies import Policy, make_policy
 from gateway.dataplane.pool import Pool
 from gateway.dataplane.prober import Prober
-from gateway.dataplane.proxy import Proxy, Router
+from gateway.dataplane.proxy import Proxy
 from gateway.dataplane.replica import Replica
+from gateway.dataplane.routing import Router
 from gateway.http.client import Upstream
-from gateway.http.server import Exchange, HttpServer, raise_open_files_limit
+from gateway.http.exchange import Exchange
+from gateway.http.server import HttpServer, raise_open_files_limit
 from gateway.ops.admin import AdminApi, Refused
 from gateway.ops.metrics import PrometheusRecorder
 from gateway.ops.view import GatewayView, snapshot

@@ -5,7 +5,7 @@ then up to ``retries.attempts`` attempts, each on a replica the pool hands out a
 on one already tried. An attempt is retried only while nothing has reached the client:
 on no connection, a reset, a timeout before the response head, or a 502/503/504 from the
 replica, and only inside the pool's retry budget. An attempt slow to get its head is also
-hedged: a backup goes to another replica and the first good head wins (``_Hedge``); the
+hedged: a backup goes to another replica and the first good head wins (``Backup``); the
 attempt it outran is cut, except one per replica at a time, which runs on as the
 replica's probe (its answer dropped, its latency learnt: a replica slowed down keeps
 answering someone, so it is priced as slow, not taken for hung, and seen when it
@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gateway.dataplane.backup import Answer, Backup, Outrun
 from gateway.dataplane.headers import (
     Network,
     forwarding_headers,
@@ -43,15 +44,15 @@ from gateway.dataplane.headers import (
 from gateway.dataplane.pool import NoCapacity, Pool
 from gateway.dataplane.replica import Replica
 from gateway.dataplane.retry import RETRYABLE_STATUS
+from gateway.dataplane.routing import Router
 from gateway.http.client import (
     ConnectFailed,
     Detach,
     Timeouts,
     Upstream,
     UpstreamError,
-    UpstreamResponse,
 )
-from gateway.http.server import BadRequest, BodyBufferFull, BodyTimeout, Exchange, error_response
+from gateway.http.exchange import BadRequest, BodyBufferFull, BodyTimeout, Exchange, error_response
 from gateway.recorder import NULL_RECORDER, Recorder
 
 log = logging.getLogger(__name__)
@@ -70,10 +71,6 @@ class _Failed(Exception):
 NO_ATTEMPT = _Failed(503, "no attempt")
 
 
-class _Outrun(Exception):
-    """Set on an attempt's response-head future: its backup answered first."""
-
-
 @dataclass(slots=True)
 class _Call:
     """One client request on its way through."""
@@ -89,88 +86,6 @@ class _Call:
     # queue waits have their own bounds, so a long cold start does not eat the request's time
     attempts: int = 0  # sent to a replica so far, hedges included
     tried: frozenset[str] = frozenset()  # the replicas they went to
-
-
-@dataclass(slots=True)
-class _Answer:
-    pool: Pool
-    replica: Replica
-    response: UpstreamResponse
-    ttfb_s: float  # time to the response head: what the policies learn from
-    level: int  # the replica's in-flight count when the attempt was sent, itself included
-    kind: str  # the request's path: the concurrency limit learns per kind
-    cold_wait_s: float | None = None  # how long it waited for a replica to start, if it did
-
-
-class _Hedge:
-    """One attempt's backup plan. Armed when the request is written: if no response head
-    has come ``delay_s`` later, ``start_backup`` sends a copy to another replica (looked
-    for again every ``delay_s`` while none has a free slot), and a good head from the
-    backup ends the first attempt's wait at once with the exception ``outrun`` gives
-    (``_Outrun``, or ``Detach`` for a probe). Costs one timer when never needed."""
-
-    __slots__ = ("_head", "_timer", "backup", "delay_s", "outrun", "start_backup")
-
-    def __init__(
-        self,
-        start_backup: Callable[[], asyncio.Task[_Answer] | None],
-        delay_s: float,
-        outrun: Callable[[], Exception],
-    ) -> None:
-        self.start_backup = start_backup
-        self.delay_s = delay_s
-        self.outrun = outrun
-        self.backup: asyncio.Task[_Answer] | None = None
-        self._head: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-
-    def arm(self, head: asyncio.Future[None]) -> None:
-        self._head = head
-        self._timer = asyncio.get_running_loop().call_later(self.delay_s, self._fire)
-
-    def disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-
-    def drop(self, discard: Callable[[_Answer], None]) -> None:
-        """The backup's answer will not be used: cancel it, or discard what it got."""
-        backup = self.backup
-        if backup is None:
-            return
-        if not backup.done():
-            backup.cancel()
-        elif not backup.cancelled() and backup.exception() is None:
-            discard(backup.result())
-
-    def _fire(self) -> None:
-        if self._head is None or self._head.done():
-            return
-        self.backup = self.start_backup()
-        if self.backup is None:
-            self._timer = asyncio.get_running_loop().call_later(self.delay_s, self._fire)
-        else:
-            self.backup.add_done_callback(self._backup_done)
-
-    def _backup_done(self, backup: asyncio.Task[_Answer]) -> None:
-        head = self._head
-        if head is None or head.done() or backup.cancelled() or backup.exception() is not None:
-            return
-        if backup.result().response.status not in RETRYABLE_STATUS:
-            head.set_exception(self.outrun())
-
-
-class Router:
-    """Longest path prefix wins; a prefix matches whole segments only."""
-
-    def __init__(self, routes: list[tuple[str, Pool]]) -> None:
-        self._routes = sorted(routes, key=lambda pr: len(pr[0]), reverse=True)
-
-    def match(self, path: str) -> Pool | None:
-        for prefix, pool in self._routes:
-            base = prefix.rstrip("/")
-            if path == prefix or path.startswith(base + "/") or not base:
-                return pool
-        return None
 
 
 class Proxy:
@@ -279,7 +194,7 @@ class Proxy:
             return await self._relay(call, answer)
         self._error(call, failure.status, f"upstream failed: {failure.reason}")
 
-    def _hedge(self, call: _Call, replica: Replica) -> _Hedge | None:
+    def _hedge(self, call: _Call, replica: Replica) -> Backup | None:
         """The backup plan for the attempt about to be sent to ``replica``; None when the
         pool does not hedge (off, or its tail not known yet)."""
         pool = call.pool
@@ -287,7 +202,7 @@ class Proxy:
         if delay_s is None:
             return None
 
-        def start_backup() -> asyncio.Task[_Answer] | None:
+        def start_backup() -> asyncio.Task[Answer] | None:
             replica = pool.try_hedge(call.tried)
             if replica is None:
                 return None
@@ -300,22 +215,22 @@ class Proxy:
 
         def outrun() -> Exception:
             if not pool.start_probe(replica):
-                return _Outrun()
+                return Outrun()
 
             def finished(latency_s: float, status: int | None) -> None:
                 pool.end_probe(replica, latency_s, status, level, kind)
 
             return Detach(finished)
 
-        return _Hedge(start_backup, delay_s, outrun)
+        return Backup(start_backup, delay_s, outrun)
 
-    async def _attempt(self, call: _Call, replica: Replica, hedge: _Hedge | None) -> _Answer:
+    async def _attempt(self, call: _Call, replica: Replica, hedge: Backup | None) -> Answer:
         """``_send``, and the backup attempt ``hedge`` may have added: the answer that
         stands. A good first answer wins and the backup is dropped; otherwise (a failure,
         a retryable status, or outrun by the backup) the backup's outcome stands."""
         if hedge is None:
             return await self._send(call, replica)
-        answer: _Answer | None = None
+        answer: Answer | None = None
         try:
             answer = await self._send(call, replica, hedge.arm)
         except _Failed:
@@ -339,7 +254,7 @@ class Proxy:
         self.recorder.hedge_won(call.pool.name)
         return answer
 
-    def _discard(self, answer: _Answer) -> None:
+    def _discard(self, answer: Answer) -> None:
         """Drop an answer that will not be relayed, giving its slot back with its status."""
         answer.response.release()
         answer.pool.release(
@@ -367,7 +282,7 @@ class Proxy:
         call: _Call,
         replica: Replica,
         sent: Callable[[asyncio.Future[None]], None] | None = None,
-    ) -> _Answer:
+    ) -> Answer:
         """One attempt up to the response head. On success the caller owns the response
         and the slot; on failure (``_Failed``) the slot is already given back. ``sent``:
         upstream's hook on the wait for the head (a hedge arms itself there)."""
@@ -398,7 +313,7 @@ class Proxy:
         except (UpstreamError, OSError) as exc:
             pool.release(replica, self.clock() - t0, None)
             raise _Failed(502, "connect" if isinstance(exc, ConnectFailed) else "reset") from None
-        except _Outrun:
+        except Outrun:
             pool.outrun(replica, self.clock() - t0)
             raise _Failed(504, "outrun") from None
         except Detach:  # the probe holds the slot until it ends (``pool.end_probe``)
@@ -406,9 +321,9 @@ class Proxy:
         except BaseException:
             pool.abandon(replica)
             raise
-        return _Answer(pool, replica, response, self.clock() - t0, level, exchange.path)
+        return Answer(pool, replica, response, self.clock() - t0, level, exchange.path)
 
-    async def _relay(self, call: _Call, answer: _Answer) -> None:
+    async def _relay(self, call: _Call, answer: Answer) -> None:
         """Pass the response through; nothing after this point may retry. The slot is
         held to the last byte and then released with the replica's outcome: a broken
         upstream stream counts against the replica, a client that went away does not."""

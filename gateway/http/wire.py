@@ -1,5 +1,6 @@
 """HTTP/1.1 as both ends of the gateway write and read it: a message head's bytes, a
-header field's text, and how much one side buffers before it applies backpressure.
+header field's text, how much one side buffers before it applies backpressure, and
+whether a peer that is not being read has hung up.
 
 Text is carried as UTF-8 with surrogate escapes both ways, so a header value or target
 that is not valid UTF-8 reaches the other side byte for byte; header names are Latin-1
@@ -8,6 +9,9 @@ that is not valid UTF-8 reaches the other side byte for byte; header names are L
 
 from __future__ import annotations
 
+import asyncio
+import os
+import socket
 from collections.abc import Iterable
 
 # Bytes one side holds before it pushes back: a response stream waits on a client's
@@ -34,3 +38,20 @@ def field(name: bytes, value: bytes) -> tuple[str, str]:
 def text(raw: bytes | bytearray) -> str:
     """A request target as text."""
     return raw.decode("utf-8", "surrogateescape")
+
+
+def peer_closed(transport: asyncio.Transport) -> bool:
+    """Has the peer closed its side with nothing unread before the end? A peek, since
+    with reading paused (pipelined requests queued, a body nobody reads yet) the loop
+    does not read the end, and a request whose client left would hold its replica's
+    slot until the answer. An end behind unread bytes stays unseen."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    with socket.socket(fileno=os.dup(sock.fileno())) as peek:
+        try:
+            return peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True  # reset

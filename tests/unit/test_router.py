@@ -7,7 +7,7 @@ from typing import Any, cast
 import pytest
 
 from gateway.dataplane.pool import Pool
-from gateway.dataplane.proxy import Router
+from gateway.dataplane.routing import Router
 
 A, B, ROOT = (cast(Pool, name) for name in ("a", "b", "root"))
 
