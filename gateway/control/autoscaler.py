@@ -26,24 +26,24 @@ import logging
 import secrets
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 
 from gateway import config
+from gateway.control.backoff import backoff, retrying
 from gateway.control.drivers import Driver, Instance, ReplicaSpec
+from gateway.control.failures import Outage, StartFailures, Strays
 from gateway.control.gpus import GpuLedger
+from gateway.control.members import Member
+from gateway.control.readiness import await_ready
 from gateway.control.scaling import (
     REPLICA_STATES,
     Decision,
     ReplicaState,
-    ReplicaView,
     Scaler,
     ScalingRules,
     plan,
-    start_backoff,
 )
 from gateway.dataplane.pool import Pool
 from gateway.dataplane.replica import Replica
@@ -51,25 +51,8 @@ from gateway.recorder import NULL_RECORDER, Recorder
 
 log = logging.getLogger(__name__)
 
-READY_POLL_S = 0.2
 STOP_TIMEOUT_S = 10.0  # SIGTERM grace for a replica that has already drained
-MAX_BACKOFF_S = 60.0  # the cap of ``start_backoff`` (also between retries of a failed stop)
-STABLE_S = 60.0  # ready this long, a replica's start counts as good: the backoff resets
-
-
-@dataclass(eq=False)
-class Member:
-    """One replica as the autoscaler tracks it."""
-
-    replica_id: str
-    state: ReplicaState
-    since: float  # when it was started (or adopted)
-    instance: Instance | None = None  # None while the driver's start is in flight
-    replica: Replica | None = None  # the data plane's view, from ready on
-    busy: bool = False  # a drain or removal task owns it
-    stop_failures: int = 0  # failed removals in a row
-    retry_at: float = 0.0  # a failed removal is not tried again before then
-    ready_at: float | None = None  # when it passed its health check
+MAX_BACKOFF_S = 60.0  # the cap of the pause between failed starts, and between failed stops
 
 
 class PoolAutoscaler:
@@ -96,14 +79,9 @@ class PoolAutoscaler:
         self.apply(settings)
         self.expected_start_s = 0.0  # the mean of the last few start-up times
         self._startup_times: deque[float] = deque(maxlen=8)
-        self._failures = 0  # failed starts since a replica last stayed ready STABLE_S
-        self._last_failure = ""  # the reason of the latest failed start
-        self._backoff_until = 0.0
-        self._driver_down_since: float | None = None  # the driver's calls are failing
-        self._driver_errors = 0  # failed driver calls since then
-        self._strays: set[str] = set()  # listed replicas no member accounts for, last tick
-        self._sweeping: set[str] = set()  # ... being removed
-        self._swept: set[str] = set()  # ... whose removal was logged (while still listed)
+        self.start_failures = StartFailures(MAX_BACKOFF_S)  # reset once one stays up
+        self._outage = Outage()
+        self._strays = Strays()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def apply(self, settings: config.Autoscale) -> None:
@@ -148,14 +126,14 @@ class PoolAutoscaler:
         await self._observe()
         count = self.count
         self.decision = decision = self.scaler.decide(now, count["ready"], count["starting"])
-        views = [self._view(m, now) for m in self.members.values() if not m.busy]
+        views = [m.view(now) for m in self.members.values() if not m.busy]
         todo = plan(decision.desired, views)
         for rid in todo.remove:
             if self.members[rid].retry_at <= now:
                 self._spawn(self._remove(self.members[rid], "failed"))
         for rid in todo.drain:
             self._spawn(self._drain(self.members[rid], decision.reason))
-        if todo.start and now >= self._backoff_until:
+        if todo.start and now >= self.start_failures.until:
             await asyncio.gather(*(self._start(decision.reason) for _ in range(todo.start)))
 
     @property
@@ -223,33 +201,21 @@ class PoolAutoscaler:
             if seen is not None and (instance is None or instance.state == "exited"):
                 if member.state == "starting":
                     self._start_failed("exited", member.replica_id)
-                elif self._crashed_early(member):
+                elif member.crashed_early(self.clock()):
                     self._start_failed("crashed", member.replica_id)
                 self._fail(member, "exited")
             elif member.replica is not None and not member.replica.health.up:
-                if self._crashed_early(member):
+                if member.crashed_early(self.clock()):
                     self._start_failed("crashed", member.replica_id)
                 self._fail(member, "unhealthy")
-            elif self._failures and self._crashed_early(member) is False:
-                self._failures = 0  # one stayed up: starting works again
+            elif self.start_failures.count and member.crashed_early(self.clock()) is False:
+                self.start_failures.stayed_up()
         if seen is not None:
-            self._sweep(seen)
-
-    def _sweep(self, seen: dict[str, Instance]) -> None:
-        """Remove listed replicas that no member accounts for: a create whose answer was
-        lost (an engine that timed out, then made the container anyway) leaves one,
-        unknown to anyone until the next restart. Only on a second listing in a row: one
-        taken while a removal finished may still show the removed replica."""
-        strays = set(seen) - set(self.members)
-        for rid in (strays & self._strays) - self._sweeping:
-            if rid not in self._swept:
-                log.warning("pool %s: removing replica %s: no start accounts for it",
-                            self.pool.name, rid)  # fmt: skip
-            self._swept.add(rid)
-            self._sweeping.add(rid)
-            self._spawn(self._remove_stray(seen[rid]))
-        self._strays = strays
-        self._swept &= strays
+            for rid, first in self._strays.due(seen, self.members):
+                if first:
+                    log.warning("pool %s: removing replica %s: no start accounts for it",
+                                self.pool.name, rid)  # fmt: skip
+                self._spawn(self._remove_stray(seen[rid]))
 
     async def _remove_stray(self, instance: Instance) -> None:
         try:
@@ -257,15 +223,13 @@ class PoolAutoscaler:
         except Exception as exc:  # listed again, and tried again
             log.debug("pool %s: removing %s failed: %s", self.pool.name, instance.replica_id, exc)
         finally:
-            self._sweeping.discard(instance.replica_id)
+            self._strays.removed(instance.replica_id)
 
     def _driver_failed(self, exc: Exception) -> None:
         """Listing the pool failed: logged when the driver begins to fail, not each time.
         (The listing, made each tick, is what tells a driver that is down.)"""
-        self._driver_errors += 1
         self.recorder.driver_error(self.pool.name)
-        if self._driver_down_since is None:
-            self._driver_down_since = self.clock()
+        if self._outage.failed(self.clock()):
             log.warning(
                 "pool %s: driver unavailable (%s: %s); the replicas in place serve on, "
                 "starts and stops are retried with backoff",
@@ -275,30 +239,12 @@ class PoolAutoscaler:
     def _driver_answered(self) -> None:
         """A driver listing succeeded: if the driver was failing, it is back, and starts
         that failed for want of it need not wait out their backoff."""
-        if self._driver_down_since is None:
+        ended = self._outage.answered(self.clock())
+        if ended is None:
             return
-        log.info(
-            "pool %s: driver available again after %.1f s (%d failed calls)",
-            self.pool.name, self.clock() - self._driver_down_since, self._driver_errors,
-        )  # fmt: skip
-        self._driver_down_since = None
-        self._driver_errors = 0
-        if self._last_failure == "driver":
-            self._failures = 0
-            self._backoff_until = 0.0
-
-    def _view(self, member: Member, now: float) -> ReplicaView:
-        inflight = member.replica.inflight if member.replica else 0
-        return ReplicaView(member.replica_id, member.state, inflight, now - member.since)
-
-    def _crashed_early(self, member: Member) -> bool | None:
-        """Was ``member`` ready for less than ``STABLE_S``? (None: it never was.) A replica
-        that passes its health check and dies soon after is a failed start too, or an
-        image that crashes under its first requests would be restarted every tick, as
-        Kubernetes' CrashLoopBackOff also counts."""
-        if member.ready_at is None:
-            return None
-        return self.clock() - member.ready_at < STABLE_S
+        log.info("pool %s: driver available again after %.1f s (%d failed calls)",
+                 self.pool.name, *ended)  # fmt: skip
+        self.start_failures.driver_back()
 
     def _fail(self, member: Member, why: str) -> None:
         log.warning("pool %s: replica %s %s; replacing it", self.pool.name, member.replica_id, why)
@@ -334,9 +280,7 @@ class PoolAutoscaler:
         member = Member(rid, "starting", self.clock())
         self.members[rid] = member
         try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(3), wait=wait_exponential(0.2, max=2), reraise=True
-            ):
+            async for attempt in retrying():
                 with attempt:
                     member.instance = await self.driver.start(spec)
         except Exception as exc:
@@ -351,33 +295,17 @@ class PoolAutoscaler:
     async def _await_ready(self, member: Member) -> None:
         """Poll the replica's health path until it answers 2xx, then add it to the pool."""
         health = self.pool.settings.health
-        deadline = member.since + self.settings.startup_timeout_s
-        url = None
-        while self.clock() < deadline:
-            if member.state != "starting":
-                return
-            try:
-                url = url or await self._url_of(member)
-            except Exception as exc:  # the driver failing (the tick says so): poll on
-                log.debug("pool %s: no address for %s yet: %s", self.pool.name,
-                          member.replica_id, exc)  # fmt: skip
-            if url is None:  # not running yet (a created-only container has no address)
-                await asyncio.sleep(READY_POLL_S)
-                continue
-            try:
-                async with self.session.get(
-                    url + health.path, timeout=aiohttp.ClientTimeout(total=health.timeout_s)
-                ) as response:
-                    if 200 <= response.status < 300:
-                        break
-            except (aiohttp.ClientError, OSError, TimeoutError):
-                pass
-            await asyncio.sleep(READY_POLL_S)
-        else:
+        url = await await_ready(
+            self.session, lambda: self._url_of(member), health.path, health.timeout_s,
+            member.since + self.settings.startup_timeout_s, self.clock,
+            lambda: member.state == "starting",
+        )  # fmt: skip
+        if member.state != "starting":
+            return
+        if url is None:
             self._start_failed("startup_timeout", member.replica_id)
             self._fail(member, "did not become healthy in time")
             return
-        assert url is not None
         member.ready_at = self.clock()
         startup_s = member.ready_at - member.since
         self._startup_times.append(startup_s)
@@ -390,18 +318,11 @@ class PoolAutoscaler:
         self.wake.set()  # requests may be waiting, and the plan may change
 
     def _start_failed(self, reason: str, detail: str, exc: BaseException | None = None) -> None:
-        """Count the failure and back off before the next start: a start that fails
-        for good (a bad image, no runtime) must not spin. A replica that died after it
-        was ready (``crashed``) is replaced at once the first time, since it may have
-        been killed (an OOM, an operator); a second early death in a row backs off."""
-        self._failures += 1
-        self._last_failure = reason
-        grace = 1 if reason == "crashed" else 0
-        backoff = start_backoff(self._failures - grace, cap_s=MAX_BACKOFF_S)
-        self._backoff_until = self.clock() + backoff
+        """Count the failure, which pauses the next start (``StartFailures``)."""
+        pause_s = self.start_failures.failed(reason, self.clock())
         log.error(
             "pool %s: start failed: %s (%s); next start in %.0f s",
-            self.pool.name, reason, detail, backoff, exc_info=exc,  # the driver's traceback
+            self.pool.name, reason, detail, pause_s, exc_info=exc,  # the driver's traceback
         )  # fmt: skip
         self.recorder.start_failed(self.pool.name, reason)
 
@@ -438,8 +359,7 @@ class PoolAutoscaler:
                         self.pool.name, member.replica_id, type(exc).__name__, exc,
                     )  # fmt: skip
                 member.stop_failures += 1
-                backoff = start_backoff(member.stop_failures, cap_s=MAX_BACKOFF_S)
-                member.retry_at = self.clock() + backoff
+                member.retry_at = self.clock() + backoff(member.stop_failures, cap_s=MAX_BACKOFF_S)
                 member.state, member.busy = "failed", False
                 if member.replica is not None:
                     self.pool.drain(member.replica.id)
@@ -452,9 +372,7 @@ class PoolAutoscaler:
             self.recorder.scale_event(self.pool.name, "replace", reason)
 
     async def _stop_instance(self, instance: Instance) -> None:
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(3), wait=wait_exponential(0.2, max=2), reraise=True
-        ):
+        async for attempt in retrying():
             with attempt:
                 await self.driver.stop(instance, STOP_TIMEOUT_S)
 

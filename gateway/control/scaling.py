@@ -11,46 +11,12 @@ scale-down delay), with three fixes: replicas that are still starting count as c
 restarted never scales down on a history too short to trust, and averages are weighted by
 time, so extra ticks (on-demand wake-ups) or late ones do not skew them.
 
-A fourth fix is for the backlog a panic leaves behind. Concurrency is in-flight + queued
-requests, and while the pool is short of capacity the queue grows by (arrival rate -
-service rate) every second: a sample then measures how long the pool has been short as
-much as the demand (with 50 ms requests and 0.5 s ticks, one tick of queue is already ten
-times the work in flight). Knative counts it all as demand, so a step that needs 3
-replicas asks for the maximum while the first new ones start, and then holds it for a
-stable window, since there is no scale-down in a panic. The longer replicas take to
-start, the worse. Here:
-
-1. The first step of a panic is Knative's, on the windows as they stand: it sees the
-   backlog of the tick or two it took to notice, however slowly replicas start.
-2. A further step needs fresh evidence that the capacity now in place is short: a whole
-   panic window sampled with none of the replicas starting (while capacity is on its
-   way the queue grows because of the wait itself, whatever the demand; and the window
-   then holds no sample from before the capacity came), over which concurrency did not
-   fall (a fall means requests left faster than they arrived: the capacity keeps up and
-   a backlog drains). The step is then at most ``panic_threshold`` x capacity: the
-   samples of a short pool are censored (the in-flight part capped by the capacity, the
-   queued part growing with the time spent short), so it probes geometrically, by the
-   factor that defines a panic. Replicas slower to start than a stable window block it
-   no longer than that.
-3. A panic settles when everything it asked for is ready, nothing is queued, and
-   something was queued since it began. From where that queue formed to now the queue
-   began and ended empty, so every request that arrived in the stretch was served in
-   it, and by Little's law the time-average of the in-flight part alone is arrival
-   rate x service time, the demand, with no service time to know (sampled once a tick,
-   a drain shorter than a tick is under-weighted, so it tends to err low; the floor
-   below does not lean on it). Every sample of the stretch gets that average, so
-   neither window keeps the backlog; the panic ends; and until it would have ended, the
-   stable window (still holding the level from before the step, which is why Knative
-   keeps panicking that long) asks at least what the time since it settled asks, not
-   the panic's high-water mark. So the surplus goes ``scale_down_delay_s`` after the
-   queue drained, not a stable window later. A panic that never queued is a genuine
-   surge and holds as before.
-
-A sustained overload keeps queueing at full capacity, so it keeps stepping, up to
-``max_replicas``. A caller that does not tell the queued part (``queued`` = 0) gets rules
-1 and 2 but no settling: nothing then tells a backlog from demand.
-
-``start_backoff`` is the pause between failed starts (exponential, capped).
+A fourth fix is for the backlog a panic leaves behind, which Knative counts as demand
+(so a step that needs 3 replicas asks for the maximum): a panic steps past its first step
+only on a whole panic window of evidence that the capacity in place is short, by at most
+``panic_threshold`` x, and it settles once its queue has drained with everything it asked
+for ready, the in-flight average standing in for demand (Little's law). The reasoning,
+rule by rule: ``docs/autoscaling.md``.
 """
 
 from __future__ import annotations
@@ -104,17 +70,6 @@ def _reason(
 def replicas_for(concurrency: float, target: float) -> int:
     """ceil(concurrency / target), never negative, immune to float noise."""
     return max(0, math.ceil(concurrency / target - EPS))
-
-
-def start_backoff(failures: int, first_s: float = 2.0, cap_s: float = 60.0) -> float:
-    """Seconds to wait before the next replica start after ``failures`` failed starts in
-    a row (the driver refused, the replica exited or was not healthy in time; the count
-    goes back to 0 when a replica becomes ready): 0 after none, then ``first_s``, doubled
-    with each further failure, never more than ``cap_s``. An image that crashes at once
-    is then tried a few times a minute, not once a tick."""
-    if failures <= 0:
-        return 0.0
-    return min(cap_s, first_s * 2.0 ** min(failures - 1, 64))  # 2.0 ** 1100 overflows
 
 
 @dataclass(frozen=True, slots=True)

@@ -314,10 +314,10 @@ async def test_a_replica_that_dies_soon_after_it_is_ready_is_restarted_with_back
     config["state_dir"] = str(tmp_path)
     gw = await gateway(config)
     scaler = gw.autoscalers["default"]
-    await eventually(lambda: scaler._failures >= 2, within=20)
+    await eventually(lambda: scaler.start_failures.count >= 2, within=20)
     text = gw.recorder.exposition().decode()
     assert 'gateway_replica_start_failures_total{pool="default",reason="crashed"} 2.0' in text
-    assert scaler._backoff_until - gw.clock() > 1.0  # the first: at once; the second: 2 s
+    assert scaler.start_failures.until - gw.clock() > 1.0  # the first: at once; the second: 2 s
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,10 @@
-"""The pause between failed replica starts (``scaling.start_backoff``): a table."""
+"""The pause before the next try after failures in a row (``control.backoff``): a table."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.control.scaling import start_backoff
+from gateway.control.backoff import backoff
 
 
 @pytest.mark.parametrize(
@@ -30,14 +30,14 @@ from gateway.control.scaling import start_backoff
         (1, 5.0, 3.0, 3.0),  # the cap wins over the first step too
     ],
 )
-def test_start_backoff(failures: int, first_s: float, cap_s: float, wait_s: float) -> None:
-    assert start_backoff(failures, first_s, cap_s) == wait_s
+def test_backoff(failures: int, first_s: float, cap_s: float, wait_s: float) -> None:
+    assert backoff(failures, first_s, cap_s) == wait_s
 
 
 def test_the_defaults_double_from_2_s_up_to_a_minute() -> None:
-    assert [start_backoff(n) for n in range(8)] == [0, 2, 4, 8, 16, 32, 60, 60]
+    assert [backoff(n) for n in range(8)] == [0, 2, 4, 8, 16, 32, 60, 60]
 
 
 def test_the_waits_never_shrink_as_failures_grow() -> None:
-    waits = [start_backoff(n, 0.3, 45.0) for n in range(200)]
+    waits = [backoff(n, 0.3, 45.0) for n in range(200)]
     assert waits == sorted(waits) and waits[-1] == 45.0

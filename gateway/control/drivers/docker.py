@@ -44,6 +44,7 @@ import docker
 import docker.errors
 import docker.types
 
+from gateway.control.backoff import backoff
 from gateway.control.drivers import (
     GPUS,
     INSTANCE,
@@ -329,7 +330,7 @@ class DockerDriver:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        backoff = EVENTS_RETRY_S[0]
+        failures = 0  # in a row: the stream could not open, or ended, with no event since
         lost = False  # the stream ended or could not be opened, and is not back yet
         while not self._closing.is_set():
             try:
@@ -354,7 +355,7 @@ class DockerDriver:
                 try:
                     while (item := await queue.get()) is not _END:
                         if isinstance(item, dict):
-                            backoff = EVENTS_RETRY_S[0]
+                            failures = 0
                             if "timeNano" in item:
                                 seconds, nanos = divmod(int(item["timeNano"]), 10**9)
                                 since = f"{seconds}.{nanos:09d}"
@@ -365,12 +366,13 @@ class DockerDriver:
                     self._streams.discard(stream)
                     with contextlib.suppress(Exception):
                         stream.close()
-                if not self._closing.is_set():
-                    log.warning("docker: event stream ended; reconnecting in %.1f s", backoff)
-                    lost = True
+            failures += 1
+            pause_s = backoff(failures, *EVENTS_RETRY_S)
+            if not lost and not self._closing.is_set():
+                log.warning("docker: event stream ended; reconnecting in %.1f s", pause_s)
+                lost = True
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), backoff)
-            backoff = min(backoff * 2, EVENTS_RETRY_S[1])
+                await asyncio.wait_for(self._closing.wait(), pause_s)
 
 
 def _pump(stream: Any, deliver: Callable[[object], None]) -> None:
