@@ -27,9 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway import config
@@ -37,6 +35,7 @@ from gateway.dataplane.health import HealthRules
 from gateway.dataplane.hedging import Window, hedge_delay
 from gateway.dataplane.limits import ConcurrencyLimit
 from gateway.dataplane.policies import Policy
+from gateway.dataplane.queue import SlotQueue
 from gateway.dataplane.replica import Replica
 from gateway.dataplane.retry import RetryBudget
 from gateway.recorder import NULL_RECORDER, Recorder
@@ -54,13 +53,6 @@ class NoCapacity(Exception):
         super().__init__(reason)
         self.reason = reason  # queue_full, queue_timeout, cold_start_full, no_replica
         self.retry_after_s = retry_after_s
-
-
-@dataclass(eq=False, slots=True)
-class _Waiter:
-    future: asyncio.Future[Replica]
-    exclude: frozenset[str]
-    since: float = field(default=0.0)
 
 
 class Scaling(Protocol):
@@ -95,7 +87,7 @@ class Pool:
         self.hedge_budget = RetryBudget(clock, min_per_s=HEDGE_RESERVE_PER_S)
         self._heads = Window()  # the pool's recent response heads: its hedge delay
         self._limits: dict[str, ConcurrencyLimit] = {}  # replica id -> learnt limit
-        self._waiters: deque[_Waiter] = deque()
+        self._queue = SlotQueue(self._pick, self._start, self.abandon)
         self.apply(settings)
 
     def attach(self, scaling: Scaling | None) -> None:
@@ -124,7 +116,7 @@ class Pool:
         self.retry_budget.percent = settings.retries.budget_percent
         self.retry_budget.min_per_s = settings.retries.min_retries_per_s
         self.hedge_budget.percent = settings.hedging.max_extra_percent
-        self._dispatch()
+        self._queue.dispatch()
 
     # -- membership -------------------------------------------------------------------
 
@@ -143,7 +135,7 @@ class Pool:
                 self.replicas[rid] = replica
                 self._limits[rid] = ConcurrencyLimit(self.max_inflight)
                 self._set_cap(replica)
-        self._dispatch()
+        self._queue.dispatch()
 
     # -- load figures (read by metrics and, later, the autoscaler) ----------------------
 
@@ -153,7 +145,7 @@ class Pool:
 
     @property
     def queued(self) -> int:
-        return len(self._waiters)
+        return len(self._queue)
 
     @property
     def is_cold(self) -> bool:
@@ -199,7 +191,7 @@ class Pool:
 
     async def acquire(self, exclude: frozenset[str] = frozenset()) -> Replica:
         """A replica with a slot reserved for the caller, who must ``release`` it."""
-        replica = self._pick(exclude, len(self._waiters))
+        replica = self._pick(exclude, len(self._queue))
         if replica is not None:
             self._start(replica)
             return replica
@@ -212,23 +204,16 @@ class Pool:
             limit, timeout_s = bounds.max_waiting, bounds.timeout_s
         else:
             limit, timeout_s = self.settings.queue.max_size, self.settings.queue.timeout_s
-        if len(self._waiters) >= limit:
+        if len(self._queue) >= limit:
             raise NoCapacity("cold_start_full" if cold else "queue_full", self._retry_after())
-        loop = asyncio.get_running_loop()
-        waiter = _Waiter(loop.create_future(), exclude, self.clock())
-        self._waiters.append(waiter)
         if cold:
             assert self.scaling is not None
             self.scaling.on_demand()
-        timer = loop.call_later(timeout_s, self._expire, waiter)
-        try:
-            replica = await waiter.future
-        except asyncio.CancelledError:
-            self._withdraw(waiter)
-            raise
-        finally:
-            timer.cancel()
-        self.recorder.queue_wait(self.name, self.clock() - waiter.since)
+        since = self.clock()
+        replica = await self._queue.wait(
+            exclude, timeout_s, lambda: NoCapacity("queue_timeout", self._retry_after())
+        )
+        self.recorder.queue_wait(self.name, self.clock() - since)
         return replica
 
     def release(
@@ -261,7 +246,7 @@ class Pool:
         self._free(replica)
         self.policy.on_end(replica, speed_s, not failed and status != 429)
         self._record(replica, not failed, now, self._may_eject(now) if failed else False)
-        self._dispatch()
+        self._queue.dispatch()
 
     def outrun(self, replica: Replica, waited_s: float) -> None:
         """Return the slot of an attempt whose hedge's backup answered first, after it had
@@ -276,7 +261,7 @@ class Pool:
         if hung:
             may_eject = self._may_eject(now) and self._may_eject_for_hedging(now)
             self._record(replica, False, now, may_eject, by_hedging=True)
-        self._dispatch()
+        self._queue.dispatch()
 
     def start_probe(self, replica: Replica) -> bool:
         """May an attempt on ``replica`` that a hedge outran run on as its probe? At most
@@ -305,7 +290,7 @@ class Pool:
     def abandon(self, replica: Replica) -> None:
         """Return a slot whose attempt produced no outcome worth learning from."""
         self._free(replica)
-        self._dispatch()
+        self._queue.dispatch()
 
     def record_probe(self, replica: Replica, ok: bool) -> None:
         if replica.health.record_probe(ok, self.rules):
@@ -316,7 +301,7 @@ class Pool:
                 self._set_cap(replica)
             state = "up" if replica.health.up else "down"
             log.info("pool %s: replica %s is %s", self.name, replica.id, state)
-            self._dispatch()
+            self._queue.dispatch()
 
     def drain(self, replica_id: str) -> bool:
         """Take a replica out of rotation: its requests in flight finish, no new one
@@ -392,42 +377,6 @@ class Pool:
         limit = max(1, math.floor(len(health) * HEDGE_EJECTED_PERCENT / 100))
         return len(health) > 1 and ejected + 1 <= limit
 
-    def _dispatch(self) -> None:
-        """Hand free slots to waiters, oldest first; a waiter that excludes every free
-        replica (a retry) does not block the ones behind it. A waiter whose request was
-        cancelled but has not run yet is passed over (it withdraws itself): a slot handed
-        to it would be counted in flight and never given back."""
-        while self._waiters:
-            for waiter in self._waiters:
-                if waiter.future.done():
-                    continue
-                replica = self._pick(waiter.exclude)  # the oldest first: none ahead
-                if replica is not None:
-                    break
-                if not waiter.exclude:
-                    return  # no free slot for anyone
-            else:
-                return
-            self._waiters.remove(waiter)
-            self._start(replica)
-            waiter.future.set_result(replica)
-
-    def _expire(self, waiter: _Waiter) -> None:
-        if not waiter.future.done():
-            self._waiters.remove(waiter)
-            waiter.future.set_exception(NoCapacity("queue_timeout", self._retry_after()))
-
-    def _withdraw(self, waiter: _Waiter) -> None:
-        """The caller went away; give back whatever it was holding or waiting for."""
-        if waiter in self._waiters:
-            self._waiters.remove(waiter)
-        elif (
-            waiter.future.done()
-            and not waiter.future.cancelled()
-            and waiter.future.exception() is None
-        ):
-            self.abandon(waiter.future.result())
-
     def _retry_after(self) -> int:
         """A hint: the typical start-up time while cold, else one second per full round
         of slots queued."""
@@ -435,4 +384,4 @@ class Pool:
             assert self.scaling is not None
             return max(1, math.ceil(self.scaling.expected_start_s))
         slots = max(1, sum(r.cap for r in self.replicas.values()))
-        return max(1, math.ceil(len(self._waiters) / slots))
+        return max(1, math.ceil(len(self._queue) / slots))
