@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +134,7 @@ class CreateOnly(DockerDriver):
     """This engine has no GPU runtime: GPU containers are created and never started."""
 
     async def start(self, spec: ReplicaSpec) -> Instance:
-        return await super().start(replace(spec, start=False))
+        return await self.create(spec)
 
 
 async def test_a_gpu_pool_assigns_each_id_once(pool, gateway, client, image) -> None:

@@ -169,8 +169,8 @@ async def test_named_network_is_joined_and_reachable_by_name_in_network_mode(
 async def test_gpu_replica_is_created_with_device_requests_by_id(
     driver: DockerDriver, pool: str, image: str, client: Any
 ) -> None:
-    spec = _spec(pool, image, network="bridge", gpu_ids=("1", "3"), start=False)
-    instance = await driver.start(spec)
+    spec = _spec(pool, image, network="bridge", gpu_ids=("1", "3"))
+    instance = await driver.create(spec)
 
     assert (instance.state, instance.url, instance.gpu_ids) == ("created", None, ("1", "3"))
     attrs = client.api.inspect_container(instance.handle)

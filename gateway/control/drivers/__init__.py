@@ -51,7 +51,6 @@ class ReplicaSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     network: str = "bridge"
     gpu_ids: tuple[str, ...] = ()
-    start: bool = True  # False: create only (used where no GPU runtime exists)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +71,8 @@ class Driver(Protocol):
         ...
 
     async def start(self, spec: ReplicaSpec) -> Instance:
-        """Create (and unless ``spec.start`` is False, start) a replica; returns at once,
-        readiness is the autoscaler's business."""
+        """Create and start a replica; returns at once, readiness is the autoscaler's
+        business."""
         ...
 
     async def stop(self, instance: Instance, timeout_s: float) -> None:

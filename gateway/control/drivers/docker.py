@@ -139,9 +139,17 @@ class DockerDriver:
         return [await self._instance(row) for row in rows]
 
     async def start(self, spec: ReplicaSpec) -> Instance:
-        """Create, then start unless ``spec.start`` is False. A start that fails or is
-        cancelled removes its container again: no orphan the caller does not know of, and a
-        retry of the same spec never meets a name conflict."""
+        """Create, then start. A start that fails or is cancelled removes its container
+        again: no orphan the caller does not know of, and a retry of the same spec never
+        meets a name conflict."""
+        return await self._launch(spec, start=True)
+
+    async def create(self, spec: ReplicaSpec) -> Instance:
+        """Create only, as ``start`` would (``created``, no address): what an engine with
+        no GPU runtime can do with a GPU replica (the tests' GPU checks on this machine)."""
+        return await self._launch(spec, start=False)
+
+    async def _launch(self, spec: ReplicaSpec, start: bool) -> Instance:
         client = await self._client()
         host_net = spec.network == "host"
         port = free_port() if host_net else spec.port
@@ -184,7 +192,7 @@ class DockerDriver:
         if host_net:
             self._host_ports[container.id] = port
         try:
-            if spec.start:
+            if start:
                 await asyncio.to_thread(container.start)
             rows = await asyncio.to_thread(
                 client.api.containers, all=True, filters={"id": container.id}
