@@ -459,3 +459,32 @@ def test_forget_drops_state() -> None:
     policy.forget("a")
     assert policy.estimate(r) == pytest.approx(2.0)  # unmeasured: the pool's typical latency
     policy.forget("never-seen")  # harmless
+
+
+@pytest.mark.parametrize("name", ["least_connections", "peak_ewma"])
+def test_equally_loaded_replicas_take_turns(name: str) -> None:
+    """Each request done before the next: every replica is idle at each pick, and the
+    least recently started one gets it, so every window of 4 picks covers all 4."""
+    policy, _ = new(name)
+    rs = replicas("a", "b", "c", "d")
+    order = []
+    for _ in range(12):
+        r = policy.pick(rs)
+        assert r is not None
+        policy.on_start(r)
+        order.append(r.id)
+        policy.on_end(r, 0.01, True)
+    assert all(len(set(order[i : i + 4])) == 4 for i in range(0, 12, 4))
+    assert order[4:] == order[:4] * 2  # the same turn order once all were started
+
+
+def test_replicas_never_started_are_taken_in_random_order() -> None:
+    """Several gateways starting at once must not all send their first request to the
+    first replica listed."""
+    firsts = Counter()
+    for seed in range(40):
+        policy, _ = new("least_connections", seed=seed)
+        first = policy.pick(replicas("a", "b", "c", "d"))
+        assert first is not None
+        firsts[first.id] += 1
+    assert len(firsts) == 4
