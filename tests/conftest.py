@@ -32,19 +32,22 @@ FAST_SCALING: dict[str, Any] = {
 
 
 async def eventually(
-    predicate: Callable[[], bool | Awaitable[bool]], within: float = 5.0, interval: float = 0.02
-) -> None:
-    """Wait until ``predicate()`` holds (it may be a coroutine function: an HTTP check);
-    fail with a clear message after ``within`` seconds."""
-    deadline = time.monotonic() + within
+    predicate: Callable[[], bool | Awaitable[bool]],
+    within: float = 5.0,
+    interval: float = 0.02,
+    what: str = "",
+) -> float:
+    """Wait until ``predicate()`` holds (it may be a coroutine function: an HTTP check)
+    and return the seconds it took; fail naming ``what`` after ``within`` seconds."""
+    began = time.monotonic()
     while True:
         held = predicate()
         if not isinstance(held, bool):
             held = await held
         if held:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within} s")
+            return time.monotonic() - began
+        if time.monotonic() - began > within:
+            raise AssertionError(f"not within {within} s: {what or 'the condition'}")
         await asyncio.sleep(interval)
 
 

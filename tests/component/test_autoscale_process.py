@@ -170,19 +170,17 @@ async def test_a_restarted_gateway_adopts_its_replicas(tmp_path: Path) -> None:
     second = None
     try:
         async with aiohttp.ClientSession() as session:
-            for _ in range(200):
-                if len(records(tmp_path)) == 2 and await answered(session):
-                    break
-                await asyncio.sleep(0.1)
+
+            async def both_serving() -> bool:
+                return len(records(tmp_path)) == 2 and await answered(session)
+
+            await eventually(both_serving, 20, 0.1, what="two replicas serving")
             before = records(tmp_path)
             assert len(before) == 2
             first.kill()  # SIGKILL: no chance to clean up
             await first.wait()
             second = await start_gateway()
-            for _ in range(200):
-                if await answered(session):
-                    break
-                await asyncio.sleep(0.1)
+            await eventually(lambda: answered(session), 20, 0.1, what="the restarted gateway")
             await asyncio.sleep(2)  # several ticks: time to start duplicates, if it would
             after = records(tmp_path)
             assert [r["replica_id"] for r in after] == [r["replica_id"] for r in before]

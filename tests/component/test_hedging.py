@@ -12,6 +12,7 @@ from aiohttp import web
 
 from gateway.dataplane.hedging import REFRESH
 from tests.component.conftest import ok_handler, pool_config
+from tests.conftest import eventually
 
 
 def counter(gw, name: str) -> float:  # type: ignore[no-untyped-def]
@@ -42,11 +43,12 @@ async def learn_the_tail(client: aiohttp.ClientSession, url: str) -> None:
 
 async def settled(pool, replica_ids) -> None:  # type: ignore[no-untyped-def]
     """Wait for cancelled attempts to hand their slots back (a probe keeps its own)."""
-    for _ in range(50):
-        if all(pool.replicas[r].inflight == pool.replicas[r].probing for r in replica_ids):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError({r: pool.replicas[r].inflight for r in replica_ids})
+    await eventually(
+        lambda: all(pool.replicas[r].inflight == pool.replicas[r].probing for r in replica_ids),
+        0.5,
+        0.01,
+        what="slots handed back",
+    )
 
 
 async def test_requests_on_a_hung_replica_are_answered_by_backups(backend, gateway, client) -> None:
@@ -180,10 +182,7 @@ async def test_one_outrun_attempt_per_replica_runs_on_as_its_probe(
             assert resp.status == 200
     assert counter(gw, "gateway_hedges_won") >= 2
     assert replica.probing and replica.inflight == 1  # the probe; the other one was cut
-    for _ in range(100):
-        if not replica.probing:
-            break
-        await asyncio.sleep(0.02)
-    assert replica.inflight == 0 and not replica.probing
+    await eventually(lambda: not replica.probing, 2, what="the probe's answer")
+    assert replica.inflight == 0
     assert replica.health.last_head_at > answered_before  # its answer came, and counted
     assert not replica.health.ejected(pool.clock())

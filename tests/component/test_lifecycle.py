@@ -96,10 +96,7 @@ async def test_sigterm_lets_an_in_flight_request_finish(backend, tmp_path: Path)
                 except aiohttp.ClientError:
                     return False
 
-            for _ in range(100):
-                if await up():
-                    break
-                await asyncio.sleep(0.1)
+            await eventually(up, 10, 0.1, what="the gateway listening")
             request = asyncio.create_task(session.post(f"{url}/predict"))
             await eventually(lambda: b.hits == 1)
             proc.send_signal(signal.SIGTERM)

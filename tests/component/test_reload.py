@@ -82,11 +82,7 @@ async def test_moving_the_listener(backend, gateway, client) -> None:
             return True
         return False
 
-    for _ in range(50):
-        if await old_closed():
-            break
-        await asyncio.sleep(0.1)
-    assert await old_closed()
+    await eventually(old_closed, 5, 0.1, what="the old listener closed")
 
 
 async def test_a_bad_reload_keeps_the_running_config(backend, gateway, client, tmp_path) -> None:

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -229,18 +228,6 @@ def containers(client: Any, instance: str, pool: str | None = None) -> list[dict
 
 def running(client: Any, instance: str, pool: str | None = None) -> list[dict[str, Any]]:
     return [c for c in containers(client, instance, pool) if c["State"] == "running"]
-
-
-async def wait_for(
-    predicate: Callable[[], bool], within: float, interval: float = 0.05, what: str = ""
-) -> float:
-    """Poll until ``predicate()`` holds; the seconds it took. Fails after ``within``."""
-    began = time.monotonic()
-    while not predicate():
-        if time.monotonic() - began > within:
-            raise AssertionError(f"not within {within} s: {what or predicate}")
-        await asyncio.sleep(interval)
-    return time.monotonic() - began
 
 
 def metric(text: str, name: str, **labels: str) -> float:

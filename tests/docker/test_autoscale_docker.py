@@ -182,19 +182,17 @@ async def test_a_killed_gateway_is_replaced_by_one_that_adopts(
     second = None
     try:
         async with aiohttp.ClientSession() as session:
-            for _ in range(300):
-                if len(containers(client, pool)) == 2 and await answered(session):
-                    break
-                await asyncio.sleep(0.1)
+
+            async def both_serving() -> bool:
+                return len(containers(client, pool)) == 2 and await answered(session)
+
+            await eventually(both_serving, 30, 0.1, what="two replicas serving")
             before = sorted(c["Id"] for c in containers(client, pool, all=True))
             assert len(before) == 2
             first.kill()
             await first.wait()
             second = await run_gateway()
-            for _ in range(300):
-                if await answered(session):
-                    break
-                await asyncio.sleep(0.1)
+            await eventually(lambda: answered(session), 30, 0.1, what="the restarted gateway")
             await asyncio.sleep(2)  # ticks go by: a duplicate would show now
             assert sorted(c["Id"] for c in containers(client, pool, all=True)) == before
             instance = (tmp_path / "state" / "instance-id").read_text().strip()

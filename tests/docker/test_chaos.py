@@ -36,14 +36,13 @@ from gateway.config import parse_config
 from gateway.control import autoscaler as autoscaler_module
 from gateway.control.drivers import REPLICA
 from gateway.control.drivers import docker as docker_driver
-from tests.conftest import FAST_SCALING, free_port
+from tests.conftest import FAST_SCALING, eventually, free_port
 from tests.docker.chaos import (
     EngineRelay,
     SteadyLoad,
     containers,
     metric,
     running,
-    wait_for,
 )
 from tests.docker.conftest import REPO_ROOT
 
@@ -167,7 +166,7 @@ async def test_engine_outage_under_load(
     )  # fmt: skip
     gw = await gateway(config)
     scaler = gw.autoscalers[pool]
-    await wait_for(lambda: scaler.count["ready"] == 2, 30, what="2 replicas ready")
+    await eventually(lambda: scaler.count["ready"] == 2, 30, what="2 replicas ready")
     before = short_ids(containers(client, cluster))
     async with aiohttp.ClientSession() as http:
         load = SteadyLoad(http, f"{gw.url}/predict", RPS).start()
@@ -186,7 +185,7 @@ async def test_engine_outage_under_load(
             ended, ended_wall = time.monotonic(), time.time()
         finally:
             await relay.restore()
-        recovery_s = await wait_for(
+        recovery_s = await eventually(
             lambda: (
                 scaler.count["ready"] == 3
                 and len(running(client, cluster)) == 3
@@ -273,7 +272,7 @@ async def test_gateway_started_while_the_engine_is_away_adopts_once_it_is_back(
     previous = Gateway(parse_config(config))
     await previous.start()
     try:
-        await wait_for(lambda: previous.autoscalers[pool].count["ready"] == 2, 30, what="ready")
+        await eventually(lambda: previous.autoscalers[pool].count["ready"] == 2, 30, what="ready")
     finally:
         await previous.stop()  # on_exit: keep, so its replicas run on
     before = short_ids(containers(client, cluster))
@@ -289,7 +288,7 @@ async def test_gateway_started_while_the_engine_is_away_adopts_once_it_is_back(
                 members_while_away = len(scaler.members)
                 await relay.restore()
                 back = time.monotonic()
-                adopted_s = await wait_for(lambda: scaler.count["ready"] == 2, 20, what="adopted")
+                adopted_s = await eventually(lambda: scaler.count["ready"] == 2, 20, what="adopted")
                 await asyncio.sleep(1)  # ticks go by: a duplicate would show now
             finally:
                 await load.stop()
@@ -397,12 +396,9 @@ async def test_gateway_sigkill_under_load_restarts_and_adopts(
                 await first.wait()
                 third_at_kill = third[0]["State"] if third else "none"
                 await run_gateway("second.log")
-                for _ in range(600):
-                    if await up(http, "/healthz"):
-                        break
-                    await asyncio.sleep(0.01)
+                await eventually(lambda: up(http, "/healthz"), 6, 0.01, what="the listener")
                 listening = time.monotonic()
-                served = await wait_for(
+                served = await eventually(
                     lambda: any(o.status == 200 and o.done >= listening for o in load.outcomes),
                     10, 0.01, what="a request served after the restart",
                 )  # fmt: skip
@@ -423,10 +419,7 @@ async def test_gateway_sigkill_under_load_restarts_and_adopts(
                                 for s in ("starting", "draining", "failed")) == 0
                     )  # fmt: skip
 
-                for _ in range(300):
-                    if await converged():
-                        break
-                    await asyncio.sleep(0.1)
+                await eventually(converged, 45, 0.1, what="the pool converged")
                 converged_s = time.monotonic() - listening
                 await asyncio.sleep(2)  # ticks go by: a duplicate or an orphan would show now
             finally:
@@ -497,7 +490,7 @@ async def test_crash_looping_replicas_back_off_and_the_rest_serves(
     )
     began_wall = time.time()
     gw = await gateway(config)
-    await wait_for(lambda: gw.autoscalers[good].count["ready"] == 2, 30, what="good pool ready")
+    await eventually(lambda: gw.autoscalers[good].count["ready"] == 2, 30, what="good pool ready")
     most_bad = 0
     async with aiohttp.ClientSession() as http:
         load = SteadyLoad(http, f"{gw.url}/predict", RPS).start()
@@ -555,7 +548,7 @@ async def test_replica_sigkilled_by_the_engine_under_load(
     )  # fmt: skip
     gw = await gateway(config)
     scaler = gw.autoscalers[pool]
-    await wait_for(lambda: scaler.count["ready"] == 2, 30, what="2 replicas ready")
+    await eventually(lambda: scaler.count["ready"] == 2, 30, what="2 replicas ready")
     before = containers(client, cluster)
     async with aiohttp.ClientSession() as http:
         load = SteadyLoad(http, f"{gw.url}/predict", RPS).start()
@@ -563,11 +556,11 @@ async def test_replica_sigkilled_by_the_engine_under_load(
             await asyncio.sleep(2)
             victim = before[0]
             replica = gw.pools[pool].replicas[victim["Labels"][REPLICA]]
-            await wait_for(lambda: replica.inflight >= 2, 10, 0.005, what="work on the victim")
+            await eventually(lambda: replica.inflight >= 2, 10, 0.005, what="work on the victim")
             inflight = replica.inflight
             killed = time.monotonic()
             client.api.kill(victim["Id"], signal="KILL")
-            recovery_s = await wait_for(
+            recovery_s = await eventually(
                 lambda: (
                     scaler.count["ready"] == 2
                     and victim["Labels"][REPLICA] not in gw.pools[pool].replicas
