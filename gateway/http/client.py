@@ -33,7 +33,6 @@ import httptools
 
 from gateway.http import wire
 
-LOW_WATER = wire.HIGH_WATER // 4  # ... and below which it reads again
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # a Content-Length even when empty
 MAX_LENGTH_DIGITS = 18  # a longer Content-Length is no real body (and int() balks at 4300)
 
@@ -77,7 +76,7 @@ class _Connection(asyncio.Protocol):
         self.content_length: int | None = None
         self.body: deque[bytes] = deque()
         self.buffered = 0
-        self.paused = False
+        self.reading = wire.ReadGate()  # held while a body waits to be relayed
         self.complete = False
         self.keep_alive = False
         self.error: UpstreamError | None = None
@@ -92,7 +91,7 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self.transport = self.reading.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self.complete or self.head is None:
@@ -109,6 +108,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.reading.transport = None
         if self.complete:
             return
         if exc is None and self.head is not None and self.head.done() and self._until_close():
@@ -160,9 +160,8 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
         self.buffered += len(body)
-        if self.buffered > wire.HIGH_WATER and not self.paused and self.transport is not None:
-            self.transport.pause_reading()
-            self.paused = True
+        if self.buffered > wire.HIGH_WATER:
+            self.reading.hold(wire.BEHIND)
         self._wake()
 
     def on_message_complete(self) -> None:
@@ -196,9 +195,7 @@ class _Connection(asyncio.Protocol):
         chunk = body.popleft() if len(body) == 1 else b"".join(body)
         body.clear()
         self.buffered = 0
-        if self.paused and self.buffered < LOW_WATER and self.transport is not None:
-            self.transport.resume_reading()
-            self.paused = False
+        self.reading.release(wire.BEHIND)
         return chunk
 
     def request_sent(self) -> bool:

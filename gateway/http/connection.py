@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 LINGER_S = 2.0  # how long a refused client's further input is read and dropped
 COSTLY_PIECES = 256  # body pieces (chunks) in one read past which the connection waits a turn
+TURN, REFUSED = "turn", "refused"  # why reading stops, besides wire.BEHIND
 
 
 class Connection(asyncio.Protocol):
@@ -46,8 +47,7 @@ class Connection(asyncio.Protocol):
         self.queue: deque[Exchange] = deque()  # parsed, not yet answered; [0] is current
         self.parsing: Exchange | None = None  # the one whose body is arriving
         self.task: asyncio.Task[None] | None = None
-        self.reading_paused = False  # by flow control: nobody takes what it sends
-        self.waiting_turn = False  # stopped until the loop's next turn (``_wait_turn``)
+        self.reading = wire.ReadGate()  # causes: wire.BEHIND, TURN, REFUSED
         self.drain: asyncio.Future[None] | None = None
         self.writing_paused = False
         self.malformed = ""  # why the connection's input stopped making sense
@@ -69,13 +69,13 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self.transport = self.reading.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(high=wire.HIGH_WATER)
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if isinstance(peer, tuple) else ""
         refused = self.server.admit(self)
         if refused:
-            self.transport.pause_reading()
+            self.reading.hold(REFUSED)
             self.refusal = (503, "too many connections")
             self.server.recorder.client_refused(refused)
             self._refuse(linger=False)  # it has sent nothing yet: a plain close is clean
@@ -119,6 +119,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.reading.transport = None
         if self.task is not None and self.queue and not self.queue[0].started:
             # the client hung up while its request waited or ran: stop it, freeing the
             # queue place or the replica, since nobody will read the answer
@@ -226,15 +227,9 @@ class Connection(asyncio.Protocol):
         cost the parser about 125 ms, which every other client waited through (a normal
         client's p99 went from 14 to 353 ms); with a pause as long as each costly read,
         such a client has at most about half of the loop."""
-        if self.transport is not None and not self.reading_paused and not self.waiting_turn:
-            self.transport.pause_reading()
-            self.waiting_turn = True
-            self.loop.call_later(cost_s, self._next_turn)
-
-    def _next_turn(self) -> None:
-        self.waiting_turn = False
-        if self.transport is not None and not self.reading_paused and not self.lost:
-            self.transport.resume_reading()
+        if not self.reading.causes:
+            self.reading.hold(TURN)
+            self.loop.call_later(cost_s, self.reading.release, TURN)
 
     # -- serving -----------------------------------------------------------------------
 
@@ -339,7 +334,7 @@ class Connection(asyncio.Protocol):
         ):
             self.close()
         elif (
-            self.reading_paused
+            wire.BEHIND in self.reading.causes
             and self.queue
             and not self.queue[0].started
             and wire.peer_closed(self.transport)  # a hang-up the paused transport cannot see
@@ -358,22 +353,11 @@ class Connection(asyncio.Protocol):
             await self.drain
 
     def pause_reading(self) -> None:
-        if not self.reading_paused and self.transport is not None and not self.lost:
-            if not self.waiting_turn:
-                self.transport.pause_reading()
-            self.reading_paused = True
+        self.reading.hold(wire.BEHIND)
 
     def resume_reading(self) -> None:
-        if (
-            self.reading_paused
-            and self.refusal is None
-            and len(self.queue) <= self.server.limits.max_pipelined
-            and not self.lost
-        ):
-            assert self.transport is not None
-            if not self.waiting_turn:  # else the next turn resumes it
-                self.transport.resume_reading()
-            self.reading_paused = False
+        if self.refusal is None and len(self.queue) <= self.server.limits.max_pipelined:
+            self.reading.release(wire.BEHIND)
 
     def close(self) -> None:
         if self.transport is not None:
@@ -392,8 +376,7 @@ class Connection(asyncio.Protocol):
             return
         self.lingering_since = self.loop.time()
         transport.write_eof()
-        transport.resume_reading()
-        self.reading_paused = False
+        self.reading.open()
 
 
 class _Stopped(Exception):

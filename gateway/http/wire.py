@@ -1,6 +1,6 @@
 """HTTP/1.1 as both ends of the gateway write and read it: a message head's bytes, a
-header field's text, how much one side buffers before it applies backpressure, and
-whether a peer that is not being read has hung up.
+header field's text, how much one side buffers before it applies backpressure, when a
+peer is read, and whether a peer that is not being read has hung up.
 
 Text is carried as UTF-8 with surrogate escapes both ways, so a header value or target
 that is not valid UTF-8 reaches the other side byte for byte; header names are Latin-1
@@ -18,6 +18,39 @@ from collections.abc import Iterable
 # write buffer above it, a request body not yet read pauses the client, and a replica's
 # body not yet relayed pauses the replica.
 HIGH_WATER = 256 * 1024
+BEHIND = "behind"  # a ReadGate cause: what the peer sent waits for a taker
+
+
+class ReadGate:
+    """Why a peer is not being read: its transport reads again only once no cause is
+    left. A side may hold its peer for more than one cause at once (what it sent waits
+    for a taker, a costly read waits its turn), and the end of one cause must not resume
+    reading that another still holds. Without a transport (none yet, or lost) causes
+    are only recorded."""
+
+    __slots__ = ("causes", "transport")
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.causes: set[str] = set()
+
+    def hold(self, cause: str) -> None:
+        if not self.causes and self.transport is not None:
+            self.transport.pause_reading()
+        self.causes.add(cause)
+
+    def release(self, cause: str) -> None:
+        if cause in self.causes:
+            self.causes.remove(cause)
+            if not self.causes and self.transport is not None:
+                self.transport.resume_reading()
+
+    def open(self) -> None:
+        """Read again, whatever held the peer."""
+        if self.causes:
+            self.causes.clear()
+            if self.transport is not None:
+                self.transport.resume_reading()
 
 
 def head(start_line: str, headers: Iterable[tuple[str, str]], *framing: str) -> bytes:
