@@ -34,7 +34,6 @@ import httptools
 from gateway.http import wire
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # a Content-Length even when empty
-MAX_LENGTH_DIGITS = 18  # a longer Content-Length is no real body (and int() balks at 4300)
 
 
 class UpstreamError(Exception):
@@ -149,11 +148,11 @@ class _Connection(asyncio.Protocol):
             return
         self.status, self.content_length = status, None
         for name, value in self.headers:
-            if name.lower() == "content-length":  # llhttp allows one: digits, then OWS
-                value = value.rstrip()
-                if len(value) > MAX_LENGTH_DIGITS:
-                    raise Disconnected(f"malformed response: a {len(value)}-digit Content-Length")
-                self.content_length = int(value)
+            if name.lower() == "content-length":
+                try:
+                    self.content_length = wire.content_length(value)
+                except ValueError as exc:
+                    raise Disconnected(f"malformed response: {exc}") from None
         if self.head is not None and not self.head.done():
             self.head.set_result(None)
 

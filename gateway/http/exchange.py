@@ -93,7 +93,7 @@ class Exchange:
         for name, value in headers:  # the few the server itself acts on
             low = name.lower()
             if low == "content-length":
-                self.content_length = int(value) if value.isdigit() else None
+                self.content_length = wire.content_length(value)  # ValueError: a 400
             elif low == "transfer-encoding":
                 te = self.transfer_encoding
                 self.transfer_encoding = f"{te}, {value}" if te else value

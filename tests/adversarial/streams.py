@@ -495,6 +495,8 @@ FATAL: tuple[tuple[str, frozenset[int], bytes], ...] = tuple(
         ("obs-fold with a tab", {400}, _raw(POST + b"X-A: b\n\tc\n")),
         ("obs-fold of Content-Length", {400}, _raw(POST + b"Content-Length:\n 3\n", b"abc")),
         ("whitespace before the colon", {400}, _raw(POST + b"X-A : b\n")),
+        ("a Content-Length of 5000 digits, leading zeros", {400},
+         _raw(POST + b"Content-Length: " + b"0" * 4997 + b"3\n", b"abc")),
         ("whitespace before the colon of Content-Length", {400},
          _raw(POST + b"Content-Length : 3\n", b"abc")),
         ("a field without a colon", {400}, _raw(POST + b"X-A\n")),

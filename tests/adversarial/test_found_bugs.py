@@ -65,9 +65,10 @@ async def test_a_hang_up_cancels_the_request_even_while_the_gateway_is_not_readi
     "framing",
     [
         b"Content-Length: 5\r\n\r\nhello",
+        b"Content-Length: 5 \r\n\r\nhello",  # whitespace after the digits, as RFC 9110 allows
         b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     ],
-    ids=["content-length", "chunked"],
+    ids=["content-length", "content-length-ows", "chunked"],
 )
 async def test_a_request_offering_an_upgrade_keeps_its_body(stack: Stack, framing: bytes) -> None:
     await stack.fresh()
