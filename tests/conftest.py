@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from gateway.app import Gateway
 from gateway.config import parse_config
@@ -114,6 +115,24 @@ async def load_until(
 
     await asyncio.gather(*(worker() for _ in range(workers)))
     return statuses
+
+
+@pytest.fixture
+async def serve_app() -> AsyncIterator[Callable[[web.Application], Awaitable[str]]]:
+    """Serve aiohttp apps in-process on ephemeral ports of 127.0.0.1 (``url = await
+    serve_app(app)``); all are cleaned up afterwards."""
+    runners: list[web.AppRunner] = []
+
+    async def serve(app: web.Application) -> str:
+        runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+        return f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+    yield serve
+    for runner in runners:
+        await runner.cleanup()
 
 
 @pytest.fixture

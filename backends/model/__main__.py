@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from aiohttp import web
 
 from backends.model.runtime import PROVIDER_CHOICES
 from backends.model.server import ModelServer, Settings, make_app
+from backends.signals import stop_signal
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,10 +68,7 @@ async def serve(args: argparse.Namespace) -> int:
     await runner.setup()
     await web.TCPSite(runner, args.host, args.port, backlog=1024).start()
     print(f"model: listening on {args.host}:{args.port}, loading {args.model}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_signal()
     assert server.loading is not None  # started by the app's cleanup context in setup()
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({server.loading, stopping}, return_when=asyncio.FIRST_COMPLETED)

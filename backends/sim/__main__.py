@@ -8,14 +8,13 @@ can be changed later through ``POST /control``. Stops cleanly on SIGTERM or SIGI
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import signal
 import sys
 
 import uvloop
 from aiohttp import web
 
+from backends.signals import stop_signal
 from backends.sim.server import DISTRIBUTIONS, Settings, Sim, make_app
 
 
@@ -71,10 +70,7 @@ async def serve(args: argparse.Namespace) -> None:
         await web.TCPSite(runner, args.host, port, backlog=1024).start()
         runners.append(runner)
     print(f"sim: serving {len(runners)} replica(s) on {args.host}:{args.port_list}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_signal()
     await stop.wait()
     for runner in runners:
         await runner.cleanup()

@@ -12,7 +12,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from backends.sim.server import DISTRIBUTIONS, Settings, Sim, make_app
 from tests.conftest import eventually, free_port
@@ -21,21 +20,14 @@ MakeSim = Callable[..., Awaitable[tuple[str, Sim]]]
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[MakeSim]:
+def sim(serve_app) -> MakeSim:  # type: ignore[no-untyped-def]
     """Start a sim replica in-process on an ephemeral port: ``url, sim = await sim(**settings)``."""
-    runners: list[web.AppRunner] = []
 
     async def make(**settings: Any) -> tuple[str, Sim]:
         replica = Sim("sim-test", Settings(**settings))
-        runner = web.AppRunner(make_app(replica), shutdown_timeout=0.1)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        runners.append(runner)
-        return f"http://127.0.0.1:{runner.addresses[0][1]}", replica
+        return await serve_app(make_app(replica)), replica
 
-    yield make
-    for runner in runners:
-        await runner.cleanup()
+    return make
 
 
 @pytest.fixture
