@@ -306,8 +306,8 @@ class Gateway:
             if scaler is not None:
                 scaler.wake.set()
 
-    def _router(self, config: Config) -> Router:
-        return Router([(route.path, self.pools[route.pool]) for route in config.routes])
+    def _router(self, config: Config) -> Router[Pool]:
+        return Router([(r.path, self.pools[r.pool], r.models) for r in config.routes])
 
     # -- listeners ---------------------------------------------------------------------
 

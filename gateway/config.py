@@ -61,6 +61,14 @@ class Admin(_Model):
 class Route(_Model):
     path: str
     pool: str
+    # OpenAI API routes: requests whose JSON body's ``model`` is this (or an alias) go to
+    # ``pool``; a route with the same path and no model takes the others
+    model: str | None = Field(None, min_length=1)
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return (self.model, *self.aliases) if self.model else ()
 
     @field_validator("path")
     @classmethod
@@ -238,6 +246,25 @@ def _describe(err: Any) -> str:
     return f"{path}: {message.removeprefix('Value error, ')}"
 
 
+def _route_model_errors(routes: tuple[Route, ...]) -> list[str]:
+    """Aliases need a model; a name is served once per path; one default per path."""
+    errors: list[str] = []
+    seen: dict[tuple[str, str], int] = {}
+    defaults: set[str] = set()
+    for i, route in enumerate(routes):
+        if route.aliases and route.model is None:
+            errors.append(f"routes.{i}.aliases: need a model to be aliases of")
+        if route.model is None:
+            if route.path in defaults:
+                errors.append(f"routes.{i}: a second route for {route.path} with no model")
+            defaults.add(route.path)
+        for name in route.models:
+            first = seen.setdefault((route.path, name), i)
+            if first != i:
+                errors.append(f"routes.{i}.model: {name!r} is already routed by routes.{first}")
+    return errors
+
+
 def parse_config(data: Any) -> Config:
     """Validate already-parsed YAML; raises ConfigError with every bad key."""
     if not isinstance(data, dict):
@@ -251,6 +278,7 @@ def parse_config(data: Any) -> Config:
         for i, route in enumerate(config.routes)
         if route.pool not in config.pools
     ]
+    errors += _route_model_errors(config.routes)
     for name, pool in config.pools.items():
         at = f"pools.{name}"
         if pool.outlier.max_ejection_s < pool.outlier.base_ejection_s:

@@ -25,6 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     p.add_argument("--model", default=d.model, help="the name it serves")
+    p.add_argument("--alias", action="append", default=[], help="another name (repeatable)")
     p.add_argument("--num-blocks", type=int, default=d.num_blocks, help="KV blocks of 16 tokens")
     p.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs)
     p.add_argument("--step-ms", type=float, default=t.step_s * 1e3, help="a decode pass, alone")
@@ -45,6 +46,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     timing = Timing(args.step_ms / 1e3, args.per_seq_ms / 1e3, args.prefill_token_ms / 1e3)
     return Settings(
         model=args.model,
+        aliases=tuple(args.alias),
         num_blocks=args.num_blocks,
         max_num_seqs=args.max_num_seqs,
         timing=timing,

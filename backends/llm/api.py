@@ -36,7 +36,7 @@ async def _parse(request: web.Request, replica: LlmReplica) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object", "BadRequestError")
     model = body.get("model")
-    if model != replica.settings.model:
+    if model not in replica.names:
         raise ApiError(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
     if body.get("n", 1) != 1:
         raise ApiError(400, "only n=1 is supported", "BadRequestError", "n")
@@ -83,7 +83,7 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
         return exc.response()
     kind = "chat.completion" if chat else "text_completion"
     head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{next(_ids)}", "created": int(time.time()),
-            "model": replica.settings.model}  # fmt: skip
+            "model": body["model"]}  # fmt: skip
     words = replica.tokens(job)
     if not body.get("stream"):
         answer = " ".join([w async for w in words])
@@ -139,9 +139,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def models(request: web.Request) -> web.Response:
     replica = request.app[REPLICA]
-    card = {"id": replica.settings.model, "object": "model", "created": int(replica.started),
-            "owned_by": "llm-sim"}  # fmt: skip
-    return _json({"object": "list", "data": [card]})
+    cards = [{"id": name, "object": "model", "created": int(replica.started), "owned_by": "llm-sim"}
+             for name in replica.names]  # fmt: skip
+    return _json({"object": "list", "data": cards})
 
 
 async def health(request: web.Request) -> web.Response:

@@ -32,6 +32,7 @@ KV_BLOCK_BYTES = BLOCK_TOKENS * 128 * 1024  # Llama-3-8B: 32 layers x 8 KV heads
 @dataclass
 class Settings:
     model: str = "llama-3-8b"
+    aliases: tuple[str, ...] = ()  # more names it answers to (vLLM's --served-model-name)
     num_blocks: int = 2048  # 32 Ki tokens of KV; an H100 holds ~27 Ki blocks (docs)
     max_num_seqs: int = 256
     timing: Timing = field(default_factory=Timing)
@@ -77,6 +78,10 @@ class LlmReplica:
         self._ids = itertools.count(1)
         self._words = dict(zip(text.WORD_IDS, text.WORDS, strict=True))
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.settings.model, *self.settings.aliases)
 
     @property
     def loaded(self) -> bool:

@@ -1,19 +1,18 @@
 """The proxy: one client request in, attempts on replicas, one response out.
 
-Per request: match the route, read the body (bounded; kept so a retry can resend it),
-then up to ``retries.attempts`` attempts, each on a replica the pool hands out and never
-on one already tried. An attempt is retried only while nothing has reached the client:
-on no connection, a reset, a timeout before the response head, or a 502/503/504 from the
-replica, and only inside the pool's retry budget. An attempt slow to get its head is also
-hedged: a backup goes to another replica and the first good head wins (``Backup``); the
-attempt it outran is cut, except one per replica at a time, which runs on as the
-replica's probe (its answer dropped, its latency learnt: a replica slowed down keeps
-answering someone, so it is priced as slow, not taken for hung, and seen when it
-recovers). Once the response head arrives the body is streamed through as it is
-produced (SSE, chunked), and the replica's slot is held until the last byte, since the
-model is busy until then.
-A client that hangs up before the response head cancels its request wherever it is
-(queued, or waiting on a replica), as nginx and Envoy do.
+Per request: match the route, read the body (bounded; kept so a retry can resend it; on
+an OpenAI route its ``model`` picks the pool), then up to ``retries.attempts`` attempts,
+each on a replica the pool hands out and never on one already tried. An attempt is
+retried only while nothing has reached the client: on no connection, a reset, a timeout
+before the response head, or a 502/503/504 from the replica, and only inside the pool's
+retry budget. An attempt slow to get its head is also hedged: a backup goes to another
+replica and the first good head wins (``Backup``); the attempt it outran is cut, except
+one per replica at a time, which runs on as the replica's probe (its answer dropped, its
+latency learnt: a replica slowed down keeps answering someone, so it is priced as slow,
+not taken for hung, and seen when it recovers). Once the response head arrives the body
+is streamed through as it is produced (SSE, chunked), and the replica's slot is held
+until the last byte, since the model is busy until then. A client that hangs up before
+the response head cancels its request wherever it is (queued, or on a replica).
 
 Deadlines: waiting for a slot is bounded by the queue (or cold-start) timeout; from the
 first slot on, ``timeouts.request_s`` bounds the wait for a response head over all
@@ -41,17 +40,12 @@ from gateway.dataplane.headers import (
     safe_request_id,
     split_request,
 )
+from gateway.dataplane.openai import answer_error, answer_models, asks_for_models
 from gateway.dataplane.pool import NoCapacity, Pool
 from gateway.dataplane.replica import Replica
 from gateway.dataplane.retry import RETRYABLE_STATUS
-from gateway.dataplane.routing import Router
-from gateway.http.client import (
-    ConnectFailed,
-    Detach,
-    Timeouts,
-    Upstream,
-    UpstreamError,
-)
+from gateway.dataplane.routing import Router, UnknownModel
+from gateway.http.client import ConnectFailed, Detach, Timeouts, Upstream, UpstreamError
 from gateway.http.exchange import BadRequest, BodyBufferFull, BodyTimeout, Exchange, error_response
 from gateway.recorder import NULL_RECORDER, Recorder
 
@@ -91,7 +85,7 @@ class _Call:
 class Proxy:
     def __init__(
         self,
-        router: Router,
+        router: Router[Pool],
         upstream: Upstream,
         recorder: Recorder = NULL_RECORDER,
         clock: Callable[[], float] = time.monotonic,
@@ -107,15 +101,16 @@ class Proxy:
     async def handle(self, exchange: Exchange) -> None:
         head = split_request(exchange.headers)
         request_id = safe_request_id(head.request_id) or f"{self._ids.getrandbits(128):032x}"
+        tag = [("X-Request-ID", request_id)]
         problem = request_problem(exchange.path, exchange.version, head.hosts, head.host)
         if problem is not None:  # refused before routing: nothing of it reaches a replica
-            error_response(exchange, 400, problem, [("X-Request-ID", request_id)])
-            return
-        pool = self.router.match(exchange.path)
-        if pool is None:
-            message = f"no route for {exchange.path}"
-            error_response(exchange, 404, message, [("X-Request-ID", request_id)])
-            return
+            return error_response(exchange, 400, problem, tag)
+        route = self.router.match(exchange.path)
+        if route is None:
+            return error_response(exchange, 404, f"no route for {exchange.path}", tag)
+        if asks_for_models(route, exchange):
+            return answer_models(exchange, route, tag)
+        pool = route.default or next(iter(route.models.values()))  # until the body names one
         call = _Call(exchange, pool, request_id, self.clock())
         try:
             body = await exchange.body(self.max_body_bytes)
@@ -130,10 +125,15 @@ class Proxy:
             return self._finish(call, "", CLIENT_CLOSED)
         if body is None:
             return self._error(call, 413, f"request body larger than {self.max_body_bytes} bytes")
+        try:
+            call.pool = pool = route.pool_for(body)
+        except UnknownModel as exc:
+            answer_error(exchange, exc, tag)
+            return self._finish(call, "", exc.status)
         peer = exchange.remote
         headers = head.end_to_end
         headers += forwarding_headers(head.forwarding, peer, is_trusted(peer, self.trusted_proxies))
-        headers.append(("X-Request-ID", request_id))
+        headers += tag
         call.host_missing = head.hosts == 0
         call.body, call.headers = body, headers
 

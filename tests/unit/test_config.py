@@ -14,6 +14,10 @@ def minimal(**pool: Any) -> dict[str, Any]:
     return {"routes": [{"path": "/predict", "pool": "default"}], "pools": {"default": pool}}
 
 
+def routed(*routes: dict[str, Any]) -> dict[str, Any]:
+    return {"routes": list(routes), "pools": {"a": {}}}
+
+
 def errors_of(data: Any) -> list[str]:
     with pytest.raises(ConfigError) as exc:
         parse_config(data)
@@ -59,6 +63,19 @@ def test_defaults() -> None:
             "routes.0.pool: unknown pool 'b'",
         ),
         ([1, 2], "<root>: must be a mapping"),
+        (routed({"path": "/v1", "pool": "a", "aliases": ["x"]}), "routes.0.aliases: need a model"),
+        (
+            routed(
+                {"path": "/v1", "pool": "a", "model": "m"},
+                {"path": "/v1", "pool": "a", "model": "n", "aliases": ["m"]},
+            ),
+            "routes.1.model: 'm' is already routed by routes.0",
+        ),
+        (
+            routed({"path": "/v1", "pool": "a"}, {"path": "/v1", "pool": "a"}),
+            "routes.1: a second route for /v1 with no model",
+        ),
+        (routed({"path": "/v1", "pool": "a", "model": ""}), "routes.0.model: "),
     ],
 )
 def test_bad_keys_are_named(data: Any, expected: str) -> None:
@@ -78,3 +95,9 @@ def test_unreadable_and_unparsable_files(tmp_path: Path) -> None:
     bad.write_text("routes: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_routes_name_models_and_aliases() -> None:
+    config = parse_config(routed({"path": "/v1", "pool": "a", "model": "m", "aliases": ["n"]},
+                                 {"path": "/v1", "pool": "a"}))  # fmt: skip
+    assert [r.models for r in config.routes] == [("m", "n"), ()]
