@@ -80,7 +80,8 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
             tokens, body.get("max_completion_tokens", body.get("max_tokens"))
         )
     except ApiError as exc:
-        return exc.response()
+        error = {"message": exc.message, "type": exc.kind, "param": exc.param, "code": exc.status}
+        return _json({"error": error}, exc.status)
     kind = "chat.completion" if chat else "text_completion"
     head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{next(_ids)}", "created": int(time.time()),
             "model": body["model"]}  # fmt: skip

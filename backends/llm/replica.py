@@ -19,9 +19,6 @@ import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
-import orjson
-from aiohttp import web
-
 from backends.llm import text
 from backends.llm.engine import BLOCK_TOKENS, Engine, Sequence, Timing
 from backends.llm.metrics import Metrics
@@ -43,17 +40,11 @@ class Settings:
 
 
 class ApiError(Exception):
-    """An error answered in OpenAI's shape."""
+    """An error the API answers in OpenAI's shape."""
 
     def __init__(self, status: int, message: str, kind: str, param: str | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.param = status, message, kind, param
-
-    def response(self) -> web.Response:
-        body = {"error": {"message": self.message, "type": self.kind, "param": self.param,
-                          "code": self.status}}  # fmt: skip
-        return web.Response(status=self.status, body=orjson.dumps(body),
-                            content_type="application/json")  # fmt: skip
 
 
 @dataclass
@@ -114,10 +105,13 @@ class LlmReplica:
                 await self._work.wait()
                 continue
             await asyncio.sleep(step.duration_s)
+            # a client may have left during the pass: its request is gone, nobody to tell
             for seq, token in step.tokens:
-                self._requests[seq.id].tokens.put_nowait(token)
+                if (request := self._requests.get(seq.id)) is not None:
+                    request.tokens.put_nowait(token)
             for seq in step.finished:
-                self._requests[seq.id].tokens.put_nowait(None)
+                if (request := self._requests.get(seq.id)) is not None:
+                    request.tokens.put_nowait(None)
             self.metrics.preempted(len(step.preempted))
 
     # -- requests ----------------------------------------------------------------------

@@ -224,3 +224,5 @@ async def test_a_client_that_leaves_mid_stream_frees_its_kv_blocks(llm: MakeLlm,
     await eventually(lambda: replica.engine.idle, 2, what="the request cancelled")
     cache = replica.engine.cache
     assert not cache.held and not cache.anonymous
+    status, _ = await asyncio.wait_for(chat(client, url, max_tokens=2), 5)
+    assert status == 200  # the engine goes on serving the others
