@@ -3,7 +3,8 @@
 A replica is plain state. The pool owns the set of replicas and is the only writer of
 ``inflight``, ``draining``, ``cap`` and ``slots`` (its concurrency limit, learnt or
 configured, and the concurrency it was learnt from) and ``probing`` (an attempt outrun
-by a hedge runs on: at most one per replica);
+by a hedge runs on: at most one per replica); ``engine`` is the replica's own account of
+its load, written only by the engine-signal scraper (None: not scraped, or not yet);
 health tracking lives in ``health.ReplicaHealth`` and routing state lives inside each
 policy, keyed by replica id, so a replica carries no behaviour.
 """
@@ -14,6 +15,16 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from gateway.dataplane.health import ReplicaHealth
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLoad:
+    """What an LLM engine's ``/metrics`` said about its load, at ``at`` (monotonic s)."""
+
+    running: float  # sequences in the running batch
+    waiting: float  # sequences queued inside the engine
+    kv_usage: float | None  # share of the KV cache in use, 0..1 (None: not exported)
+    at: float
 
 
 @dataclass(eq=False, slots=True)
@@ -27,6 +38,7 @@ class Replica:
     draining: bool = False
     probing: bool = False
     health: ReplicaHealth = field(default_factory=ReplicaHealth)
+    engine: EngineLoad | None = None
     host: str = field(init=False)  # from url, parsed once: the proxy connects to these
     port: int = field(init=False)
     address: tuple[str, int] = field(init=False)  # (host, port)
