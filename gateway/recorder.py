@@ -8,11 +8,29 @@ pools and scalers at scrape time, which costs the request path nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.dataplane.tokens import Tokens
+
+
+def _ignore(gap_s: float) -> None:
+    pass
+
 
 class Recorder:
     # -- data plane --------------------------------------------------------------------
     def request_done(self, pool: str, replica: str, status: int, duration_s: float) -> None:
         """One client request finished; ``replica`` is "" when none answered."""
+
+    def tokens_done(self, pool: str, model: str, ttft_s: float | None, tokens: Tokens) -> None:
+        """An LLM answer's tokens: ``ttft_s`` from the request's arrival to its first
+        token (None: not streamed); ``model`` the configured one it was routed by, or ""."""
+
+    def inter_token_observer(self, pool: str, model: str) -> Callable[[float], None]:
+        """What takes each gap between two tokens of one streamed answer (seconds)."""
+        return _ignore
 
     def retry(self, pool: str, reason: str) -> None:
         """An attempt is retried after ``reason`` (connect, reset, timeout, status_503...)."""

@@ -10,9 +10,11 @@ replica and the first good head wins (``Backup``); the attempt it outran is cut,
 one per replica at a time, which runs on as the replica's probe (its answer dropped, its
 latency learnt: a replica slowed down keeps answering someone, so it is priced as slow,
 not taken for hung, and seen when it recovers). Once the response head arrives the body
-is streamed through as it is produced (SSE, chunked), and the replica's slot is held
-until the last byte, since the model is busy until then. A client that hangs up before
-the response head cancels its request wherever it is (queued, or on a replica).
+is streamed through as it is produced (SSE, chunked; ``relay``), and the replica's slot is
+held until the last byte, since the model is busy until then; an LLM answer's tokens are
+counted on the way (``tokens``), and a streamed one's latency is its first token's. A
+client that hangs up before the response head cancels its request wherever it is
+(queued, or on a replica).
 
 Deadlines: waiting for a slot is bounded by the queue (or cold-start) timeout; from the
 first slot on, ``timeouts.request_s`` bounds the wait for a response head over all
@@ -42,17 +44,18 @@ from gateway.dataplane.headers import (
 )
 from gateway.dataplane.openai import answer_error, answer_models, asks_for_models
 from gateway.dataplane.pool import NoCapacity, Pool
+from gateway.dataplane.relay import CLIENT_CLOSED, relay
 from gateway.dataplane.replica import Replica
 from gateway.dataplane.retry import RETRYABLE_STATUS
 from gateway.dataplane.routing import Router, UnknownModel
+from gateway.dataplane.tokens import EventStream, Tokens, access_fields, is_event_stream
 from gateway.http.client import ConnectFailed, Detach, Timeouts, Upstream, UpstreamError
 from gateway.http.exchange import BadRequest, BodyBufferFull, BodyTimeout, Exchange, error_response
 from gateway.recorder import NULL_RECORDER, Recorder
 
 log = logging.getLogger(__name__)
 
-CLIENT_CLOSED = 499  # nginx's status for a client that left before its answer was complete
-BUFFER_LIMIT = 64 * 1024  # responses up to this size with a known length go out in one write
+COMPLETIONS = "/completions"  # OpenAI's chat and text completions: their usage is counted
 
 
 class _Failed(Exception):
@@ -74,6 +77,7 @@ class _Call:
     request_id: str
     started: float
     host_missing: bool = False
+    model: str = ""  # the configured model it was routed by ("": by path alone)
     body: bytes = b""  # read whole, so that every attempt can send it
     headers: list[tuple[str, str]] = field(default_factory=list)  # what goes to a replica
     deadline: float | None = None  # for the response head, set once the first slot is had:
@@ -126,7 +130,8 @@ class Proxy:
         if body is None:
             return self._error(call, 413, f"request body larger than {self.max_body_bytes} bytes")
         try:
-            call.pool = pool = route.pool_for(body)
+            pool, call.model = route.pool_for(body)
+            call.pool = pool
         except UnknownModel as exc:
             answer_error(exchange, exc, tag)
             return self._finish(call, "", exc.status)
@@ -324,49 +329,34 @@ class Proxy:
         return Answer(pool, replica, response, self.clock() - t0, level, exchange.path)
 
     async def _relay(self, call: _Call, answer: Answer) -> None:
-        """Pass the response through; nothing after this point may retry. The slot is
-        held to the last byte and then released with the replica's outcome: a broken
-        upstream stream counts against the replica, a client that went away does not."""
-        upstream, replica = answer.response, answer.replica
-        pool, exchange = call.pool, call.exchange
+        """Pass the response through (``relay``); nothing after this point may retry. The
+        slot is held to the last byte and then released with the replica's outcome: a
+        broken upstream stream counts against the replica, a client that went away does
+        not. An event stream's latency, for the policies, is its first token's."""
+        upstream, replica, pool = answer.response, answer.replica, call.pool
+        latency_s = answer.ttfb_s
         outcome: int | None = upstream.status
+        headers = response_headers(upstream.headers)
+        if answer.cold_wait_s is not None:
+            headers.append(("X-Cold-Start-Wait", f"{answer.cold_wait_s:.3f}"))
+            self.recorder.cold_start_wait(pool.name, answer.cold_wait_s)
+        stream = None
+        if is_event_stream(upstream.headers):
+            stream = EventStream(self.recorder.inter_token_observer(pool.name, call.model))
+        head_at = self.clock()
         try:
-            headers = response_headers(upstream.headers)
-            headers.append(("X-Request-ID", call.request_id))
-            if answer.cold_wait_s is not None:
-                headers.append(("X-Cold-Start-Wait", f"{answer.cold_wait_s:.3f}"))
-                self.recorder.cold_start_wait(pool.name, answer.cold_wait_s)
-            length = upstream.content_length
-            if length is not None and length <= BUFFER_LIMIT and exchange.method != "HEAD":
-                try:
-                    data = await upstream.read()
-                except (UpstreamError, TimeoutError):
-                    outcome = None
-                    message = "upstream failed: broken response"
-                    return self._error(call, 502, message, replica_id=replica.id)
-                exchange.respond(upstream.status, headers, data)
-                gone = exchange.client_gone
-                return self._finish(call, replica.id, CLIENT_CLOSED if gone else upstream.status)
-            exchange.start(upstream.status, headers, length)
-            while True:
-                try:
-                    chunk = await upstream.readany()
-                except (UpstreamError, TimeoutError):
-                    outcome = None
-                    exchange.abort()  # the client sees a cut-off body, never a clean end
-                    return self._finish(call, replica.id, 502)
-                if not chunk:
-                    break
-                try:
-                    await exchange.write(chunk)
-                except ConnectionResetError:  # the client went away: not the replica's fault
-                    exchange.abort()
-                    return self._finish(call, replica.id, CLIENT_CLOSED)
-            exchange.end()
-            self._finish(call, replica.id, upstream.status)
+            tag = [("X-Request-ID", call.request_id)]
+            counted = call.exchange.path.endswith(COMPLETIONS)
+            sent = await relay(call.exchange, upstream, headers, tag, self.clock, stream, counted)
+            if not sent.replica_ok:
+                outcome = None
+            tokens = sent.tokens
+            if tokens is not None and tokens.first_at is not None:
+                latency_s += tokens.first_at - head_at
+            self._finish(call, replica.id, sent.status, tokens)
         finally:
             upstream.release()
-            pool.release(replica, answer.ttfb_s, outcome, answer.level, answer.kind)
+            pool.release(replica, latency_s, outcome, answer.level, answer.kind)
 
     def _error(
         self,
@@ -381,20 +371,27 @@ class Proxy:
         error_response(call.exchange, status, message, headers)
         self._finish(call, replica_id, status)
 
-    def _finish(self, call: _Call, replica_id: str, status: int) -> None:
-        """Count and (at debug level) log a finished request."""
+    def _finish(
+        self, call: _Call, replica_id: str, status: int, tokens: Tokens | None = None
+    ) -> None:
+        """Count and (at debug level) log a finished request, and its tokens if counted."""
         elapsed = self.clock() - call.started
-        self.recorder.request_done(call.pool.name, replica_id, status, elapsed)
+        pool = call.pool.name
+        self.recorder.request_done(pool, replica_id, status, elapsed)
+        ttft_s = None
+        if tokens is not None:
+            ttft_s = None if tokens.first_at is None else tokens.first_at - call.started
+            self.recorder.tokens_done(pool, call.model, ttft_s, tokens)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "request",
-                extra={
-                    "request_id": call.request_id,
-                    "method": call.exchange.method,
-                    "path": call.exchange.path,
-                    "pool": call.pool.name,
-                    "replica": replica_id,
-                    "status": status,
-                    "latency_ms": round(elapsed * 1000, 3),
-                },
-            )
+            fields = {
+                "request_id": call.request_id,
+                "method": call.exchange.method,
+                "path": call.exchange.path,
+                "pool": pool,
+                "replica": replica_id,
+                "status": status,
+                "latency_ms": round(elapsed * 1000, 3),
+            }
+            if tokens is not None:
+                fields.update(access_fields(call.model, ttft_s, tokens))
+            log.debug("request", extra=fields)

@@ -2,8 +2,9 @@
 that name models (the OpenAI API), the JSON body's ``model``.
 
 Routes sharing a path form one ``Route``: its ``models`` (names and aliases, each to one
-pool) and its ``default`` (the route with that path and no model, if any). Only a route
-with models needs the body parsed; the body is forwarded as it came either way.
+pool, and ``canonical``: each to its model's own name) and its ``default`` (the route with
+that path and no model, if any). Only a route with models needs the body parsed; the body
+is forwarded as it came either way.
 """
 
 from __future__ import annotations
@@ -30,17 +31,20 @@ class Route(Generic[P]):
     path: str
     default: P | None = None
     models: dict[str, P] = field(default_factory=dict)
+    canonical: dict[str, str] = field(default_factory=dict)
 
-    def pool_for(self, body: bytes) -> P:
-        """The pool for a request with ``body``. Raises UnknownModel."""
+    def pool_for(self, body: bytes) -> tuple[P, str]:
+        """The pool for a request with ``body``, and the configured name of the model it
+        was routed by ("" when by the default: a label that stays in a bounded set).
+        Raises UnknownModel."""
         if not self.models:
             assert self.default is not None  # a route has a model or is a default
-            return self.default
+            return self.default, ""
         model = _model(body)
         if isinstance(model, str) and model in self.models:
-            return self.models[model]
+            return self.models[model], self.canonical[model]
         if self.default is not None:
-            return self.default
+            return self.default, ""
         if model is None:
             raise UnknownModel(400, "the body must be a JSON object naming a model")
         raise UnknownModel(404, f"The model `{model}` does not exist.")
@@ -70,7 +74,8 @@ class Router(Generic[P]):
             if not names and route.default is None:  # config validation refuses a second
                 route.default = pool
             for name in names:
-                route.models.setdefault(name, pool)  # the first route naming it wins
+                if name not in route.models:  # the first route naming it wins
+                    route.models[name], route.canonical[name] = pool, names[0]
         self._routes = sorted(by_path.values(), key=lambda r: len(r.path), reverse=True)
 
     def match(self, path: str) -> Route[P] | None:

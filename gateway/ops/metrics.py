@@ -11,8 +11,8 @@ fixed reason words.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -21,11 +21,21 @@ from prometheus_client.registry import Collector
 from gateway.ops.view import GatewayView, Viewable
 from gateway.recorder import Recorder
 
+if TYPE_CHECKING:
+    from gateway.dataplane.tokens import Tokens
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STARTUP_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 )  # fmt: skip
+TTFT_BUCKETS = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5, 5, 10, 20, 40, 80,
+)  # fmt: skip
+INTER_TOKEN_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2.5,
+)  # fmt: skip
+TOKEN_RATE_BUCKETS = (1, 2.5, 5, 10, 20, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000)
 
 
 def status_class(status: int) -> str:
@@ -50,6 +60,32 @@ class PrometheusRecorder(Recorder):
         self.queue_wait_s = Histogram(
             "gateway_queue_wait_seconds", "Time requests waited for a free replica slot",
             ["pool"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            "gateway_time_to_first_token_seconds",
+            "Streamed LLM answers: from arrival at the gateway to the first token",
+            ["pool", "model"], buckets=TTFT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.inter_token = Histogram(
+            "gateway_inter_token_seconds", "Streamed LLM answers: gaps between tokens",
+            ["pool", "model"], buckets=INTER_TOKEN_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.token_rate = Histogram(
+            "gateway_output_tokens_per_second",
+            "Streamed LLM answers: tokens per second after the first, per answer",
+            ["pool", "model"], buckets=TOKEN_RATE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.prompt_tokens = Counter(
+            "gateway_prompt_tokens", "LLM prompt tokens (from usage)", ["pool", "model"],
+            registry=r,
+        )  # fmt: skip
+        self.cached_tokens = Counter(
+            "gateway_cached_prompt_tokens", "LLM prompt tokens the engine had cached (usage)",
+            ["pool", "model"], registry=r,
+        )  # fmt: skip
+        self.completion_tokens = Counter(
+            "gateway_completion_tokens", "LLM completion tokens (usage, else counted events)",
+            ["pool", "model"], registry=r,
         )  # fmt: skip
         self.retries = Counter(
             "gateway_retries", "Retried attempts by the failure that caused them",
@@ -119,6 +155,21 @@ class PrometheusRecorder(Recorder):
             self._children[key] = children
         children[0].inc()
         children[1].observe(duration_s)
+
+    def tokens_done(self, pool: str, model: str, ttft_s: float | None, tokens: Tokens) -> None:
+        if ttft_s is not None:
+            self.ttft.labels(pool, model).observe(ttft_s)
+        rate = tokens.decode_rate()
+        if rate is not None:
+            self.token_rate.labels(pool, model).observe(rate)
+        if tokens.prompt is not None:
+            self.prompt_tokens.labels(pool, model).inc(tokens.prompt)
+        if tokens.cached is not None:
+            self.cached_tokens.labels(pool, model).inc(tokens.cached)
+        self.completion_tokens.labels(pool, model).inc(tokens.output)
+
+    def inter_token_observer(self, pool: str, model: str) -> Callable[[float], None]:
+        return self.inter_token.labels(pool, model).observe
 
     def retry(self, pool: str, reason: str) -> None:
         self.retries.labels(pool, reason).inc()

@@ -27,7 +27,9 @@ A, B, ROOT = "a", "b", "root"
 )
 def test_longest_whole_segment_prefix_wins(routes: Any, path: str, expected: Any) -> None:
     route = Router([(path_, pool, ()) for path_, pool in routes]).match(path)
-    assert (route.pool_for(b"") if route else None) == expected
+    assert (route.pool_for(b"") if route else None) == (
+        None if expected is None else (expected, "")
+    )
 
 
 OPENAI = Router(
@@ -48,15 +50,15 @@ def body(model: Any) -> bytes:
 @pytest.mark.parametrize(
     ("path", "payload", "expected"),
     [
-        ("/v1/chat/completions", body("llama-3-8b"), "llama"),
-        ("/v1/completions", body("llama3"), "llama"),  # an alias
-        ("/v1/chat/completions", body("qwen-7b"), "qwen"),
+        ("/v1/chat/completions", body("llama-3-8b"), ("llama", "llama-3-8b")),
+        ("/v1/completions", body("llama3"), ("llama", "llama-3-8b")),  # an alias: its model
+        ("/v1/chat/completions", body("qwen-7b"), ("qwen", "qwen-7b")),
         ("/v1/chat/completions", body("gpt-5"), 404),  # no default for /v1
         ("/v1/chat/completions", body(7), 400),
         ("/v1/chat/completions", b"not json", 400),
         ("/v1/chat/completions", b"[]", 400),
         ("/v2/chat/completions", body("llama-3-8b"), 404),
-        ("/predict", body("qwen-7b"), "predict"),  # a route with no models reads no body
+        ("/predict", body("qwen-7b"), ("predict", "")),  # a route with no models reads no body
     ],
 )
 def test_the_body_s_model_picks_the_pool(path: str, payload: bytes, expected: Any) -> None:
@@ -73,6 +75,6 @@ def test_the_body_s_model_picks_the_pool(path: str, payload: bytes, expected: An
 def test_a_route_without_a_model_takes_the_models_no_route_names() -> None:
     route = Router([("/v1", "llama", ("llama-3-8b",)), ("/v1", "rest", ())]).match("/v1/x")
     assert route is not None and route.listing_path() == "/v1/models"
-    assert route.pool_for(body("llama-3-8b")) == "llama"
-    assert route.pool_for(body("other")) == route.pool_for(b"no json") == "rest"
+    assert route.pool_for(body("llama-3-8b")) == ("llama", "llama-3-8b")
+    assert route.pool_for(body("other")) == route.pool_for(b"no json") == ("rest", "")
     assert list(route.models) == ["llama-3-8b"]
