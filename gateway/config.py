@@ -19,7 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 MAX_REPLICAS = 1000  # per pool: past this a typo (or a hostile scale call) would start them
 # dataplane.policies has one policy for each name (a test checks it): the config, which
 # every part reads, imports none of them
-POLICY_NAMES = frozenset({"round_robin", "least_connections", "p2c", "peak_ewma"})
+POLICY_NAMES = frozenset(
+    {"round_robin", "least_connections", "p2c", "peak_ewma", "prefix_affinity"}
+)
 INSTANCE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"  # a Docker label value, a file name, a marker
 
 

@@ -2,7 +2,7 @@
 
 The pool calls a policy on the event loop thread, for every attempt::
 
-    r = policy.pick(candidates, full, ahead)  # eligible replicas; None: none, or better wait
+    r = policy.pick(candidates, full, ahead, prompt)  # eligible replicas; None: none, or wait
     policy.on_start(r)                   # after the pool incremented r.inflight
     policy.on_end(r, latency_s, ok)      # after it decremented it; latency = time to first byte
     policy.forget(replica_id)            # the replica left the pool
@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.dataplane.prefix import DEFAULT_CAPACITY, PrefixIndex
 from gateway.dataplane.replica import Replica
 
 Clock = Callable[[], float]
@@ -61,14 +62,27 @@ many answers, shrunk toward what it shows as answers come: one fast first answer
 evidence that a replica is faster than its peers."""
 VAR_SAMPLES = 64  # the most answers the measured variance counts as against the prior
 
+BALANCE, SLACK = 1.25, 2
+"""prefix_affinity considers only replicas with at most BALANCE x the least load + SLACK."""
+MIN_MATCH, MIN_MATCH_BLOCKS, MATCH_TIE = 0.1, 2, 0.1
+"""prefix_affinity: a match counts from this share of the prompt and this many blocks;
+matches within MATCH_TIE of the prompt of the best tie."""
+ENGINE_FRESH_S = 1.0  # an engine's scraped figures older than this are not used
+
 TYPICAL_SAMPLES = 256
 """About how many recent successful samples, from any replica, the pool's typical latency
 averages: what an unmeasured replica costs, and where an idle one's estimate relaxes to."""
 
 
 class Policy(Protocol):
+    reads_prompt: bool  # does ``pick`` use the request's prompt blocks (prefix.py)?
+
     def pick(
-        self, candidates: Sequence[Replica], full: Sequence[Replica] = (), ahead: int = 0
+        self,
+        candidates: Sequence[Replica],
+        full: Sequence[Replica] = (),
+        ahead: int = 0,
+        prompt: Sequence[int] = (),
     ) -> Replica | None: ...
     def on_start(self, replica: Replica) -> None: ...
     def on_end(self, replica: Replica, latency_s: float, ok: bool) -> None: ...
@@ -131,6 +145,8 @@ def _inflight(replica: Replica) -> float:
 class _Stateless:
     """Shared constructor and no-op hooks for policies that only look at ``inflight``."""
 
+    reads_prompt = False
+
     def __init__(self, *, clock: Clock, rng: random.Random) -> None:
         self.clock = clock
         self.rng = rng
@@ -154,7 +170,11 @@ class RoundRobin(_Stateless):
         self._next = 0
 
     def pick(
-        self, candidates: Sequence[Replica], full: Sequence[Replica] = (), ahead: int = 0
+        self,
+        candidates: Sequence[Replica],
+        full: Sequence[Replica] = (),
+        ahead: int = 0,
+        prompt: Sequence[int] = (),
     ) -> Replica | None:
         if not candidates:
             return None
@@ -181,7 +201,11 @@ class LeastConnections(_Stateless):
         self.turns.forget(replica_id)
 
     def pick(
-        self, candidates: Sequence[Replica], full: Sequence[Replica] = (), ahead: int = 0
+        self,
+        candidates: Sequence[Replica],
+        full: Sequence[Replica] = (),
+        ahead: int = 0,
+        prompt: Sequence[int] = (),
     ) -> Replica | None:
         if not candidates:
             return None
@@ -195,7 +219,11 @@ class PowerOfTwoChoices(_Stateless):
     """Least connections over two random candidates: O(1), for large pools."""
 
     def pick(
-        self, candidates: Sequence[Replica], full: Sequence[Replica] = (), ahead: int = 0
+        self,
+        candidates: Sequence[Replica],
+        full: Sequence[Replica] = (),
+        ahead: int = 0,
+        prompt: Sequence[int] = (),
     ) -> Replica | None:
         return _two_choices(candidates, _inflight, self.rng) if candidates else None
 
@@ -262,6 +290,8 @@ class PeakEwma:
       choices above.
     """
 
+    reads_prompt = False
+
     def __init__(
         self,
         *,
@@ -298,7 +328,11 @@ class PeakEwma:
         return self._typical + (s.mean - self._typical) * w, noise2
 
     def pick(
-        self, candidates: Sequence[Replica], full: Sequence[Replica] = (), ahead: int = 0
+        self,
+        candidates: Sequence[Replica],
+        full: Sequence[Replica] = (),
+        ahead: int = 0,
+        prompt: Sequence[int] = (),
     ) -> Replica | None:
         if not candidates:
             return None
@@ -382,11 +416,88 @@ class PeakEwma:
         self.turns.forget(replica_id)
 
 
+class PrefixAffinity:
+    """Prefix-cache-aware routing for LLM engines: a request goes where its prompt's
+    prefix was sent lately (``prefix.PrefixIndex``: what that engine likely still has
+    cached, so it prefills less and answers the first token sooner), as long as load
+    allows; else to the least loaded replica, as least-connections would.
+
+    * **Load** is what the gateway has in flight on a replica, or what the engine says it
+      holds (running + waiting, from its scraped ``/metrics``, ``Replica.engine``) when
+      that is more and no older than ``ENGINE_FRESH_S``: other clients may share it.
+    * **Load guard.** A replica whose engine queues requests (waiting > 0) is passed
+      over while another has none; and only replicas within ``BALANCE`` x the least
+      load + ``SLACK`` are considered at all, so a hot prefix (one popular system prompt)
+      spreads over the pool as load grows instead of piling onto one replica.
+    * **Minimum match.** A match below ``MIN_MATCH`` of the prompt's blocks (or under
+      ``MIN_MATCH_BLOCKS``) counts for nothing; matches within ``MATCH_TIE`` of the
+      prompt of the best one tie, and load decides among them (then turns): a shared
+      system prompt that every replica holds sends no one anywhere in particular.
+    * Every prompt sent is recorded in the chosen replica's index; a replica that leaves
+      is forgotten with its index. A request without a prompt is routed by load alone.
+    """
+
+    reads_prompt = True
+
+    def __init__(self, *, clock: Clock, rng: random.Random, capacity: int = DEFAULT_CAPACITY):
+        self.clock = clock
+        self.index = PrefixIndex(capacity)
+        self.turns = _Rotation(rng)
+
+    def load(self, replica: Replica, now: float) -> float:
+        engine = replica.engine
+        if engine is None or now - engine.at > ENGINE_FRESH_S:
+            return replica.inflight
+        return max(replica.inflight, engine.running + engine.waiting)
+
+    def pick(
+        self,
+        candidates: Sequence[Replica],
+        full: Sequence[Replica] = (),
+        ahead: int = 0,
+        prompt: Sequence[int] = (),
+    ) -> Replica | None:
+        if not candidates:
+            return None
+        now = self.clock()
+        loads = {r.id: self.load(r, now) for r in candidates}
+        open_ = [r for r in candidates if not _queueing(r, now)] or candidates
+        floor = min(loads[r.id] for r in open_)
+        band = [r for r in open_ if loads[r.id] <= floor * BALANCE + SLACK]
+        if prompt:
+            matched = {r.id: self.index.match(r.id, prompt) for r in band}
+            best = max(matched.values())
+            if best >= max(MIN_MATCH_BLOCKS, MIN_MATCH * len(prompt)):
+                band = [r for r in band if matched[r.id] >= best - MATCH_TIE * len(prompt)]
+        chosen = _full_scan(band, lambda r: loads[r.id], self.turns)
+        if full and min(r.inflight for r in full) + ahead / len(full) < chosen.inflight:
+            return None  # as least-connections: a full replica frees up sooner
+        self.index.record(chosen.id, prompt)
+        return chosen
+
+    def on_start(self, replica: Replica) -> None:
+        self.turns.started(replica)
+
+    def on_end(self, replica: Replica, latency_s: float, ok: bool) -> None:
+        pass
+
+    def forget(self, replica_id: str) -> None:
+        self.index.forget(replica_id)
+        self.turns.forget(replica_id)
+
+
+def _queueing(replica: Replica, now: float) -> bool:
+    """Does the replica's engine say, lately, that it queues requests it cannot run?"""
+    engine = replica.engine
+    return engine is not None and now - engine.at <= ENGINE_FRESH_S and engine.waiting > 0
+
+
 POLICIES: dict[str, Callable[..., Policy]] = {
     "round_robin": RoundRobin,
     "least_connections": LeastConnections,
     "p2c": PowerOfTwoChoices,
     "peak_ewma": PeakEwma,
+    "prefix_affinity": PrefixAffinity,
 }
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from gateway import config
@@ -87,7 +87,9 @@ class Pool:
         self.hedge_budget = RetryBudget(clock, min_per_s=HEDGE_RESERVE_PER_S)
         self._heads = Window()  # the pool's recent response heads: its hedge delay
         self._limits: dict[str, ConcurrencyLimit] = {}  # replica id -> learnt limit
-        self._queue = SlotQueue(self._pick, self._start, self.abandon)
+        self._queue = SlotQueue(
+            lambda exclude, prompt: self._pick(exclude, prompt=prompt), self._start, self.abandon
+        )
         self.apply(settings)
 
     def attach(self, scaling: Scaling | None) -> None:
@@ -189,9 +191,18 @@ class Pool:
         """Is there a non-draining replica outside ``exclude`` (busy or not)?"""
         return any(not r.draining and r.id not in exclude for r in self.replicas.values())
 
-    async def acquire(self, exclude: frozenset[str] = frozenset()) -> Replica:
-        """A replica with a slot reserved for the caller, who must ``release`` it."""
-        replica = self._pick(exclude, len(self._queue))
+    @property
+    def reads_prompt(self) -> bool:
+        """Does its policy route by the prompt (``acquire``'s ``prompt``)?"""
+        return self.policy.reads_prompt
+
+    async def acquire(
+        self, exclude: frozenset[str] = frozenset(), prompt: Sequence[int] = ()
+    ) -> Replica:
+        """A replica with a slot reserved for the caller, who must ``release`` it;
+        ``prompt``: the request's prompt blocks (``prefix.prompt_blocks``), if the policy
+        reads them."""
+        replica = self._pick(exclude, len(self._queue), prompt=prompt)
         if replica is not None:
             self._start(replica)
             return replica
@@ -211,7 +222,7 @@ class Pool:
             self.scaling.on_demand()
         since = self.clock()
         replica = await self._queue.wait(
-            exclude, timeout_s, lambda: NoCapacity("queue_timeout", self._retry_after())
+            exclude, prompt, timeout_s, lambda: NoCapacity("queue_timeout", self._retry_after())
         )
         self.recorder.queue_wait(self.name, self.clock() - since)
         return replica
@@ -345,7 +356,11 @@ class Pool:
             replica.slots = float(self.max_inflight)  # a cap the operator set, not a knee
 
     def _pick(
-        self, exclude: frozenset[str], ahead: int = 0, idle_only: bool = False
+        self,
+        exclude: frozenset[str],
+        ahead: int = 0,
+        idle_only: bool = False,
+        prompt: Sequence[int] = (),
     ) -> Replica | None:
         """The policy's choice among the routable replicas outside ``exclude`` that have
         a free slot (``idle_only``: one under its sure slots, not only under its cap),
@@ -359,7 +374,7 @@ class Pool:
             if r.id not in exclude:
                 room = r.sure_slots if idle_only else r.cap
                 (candidates if r.inflight < room else full).append(r)
-        return self.policy.pick(candidates, full, ahead) if candidates else None
+        return self.policy.pick(candidates, full, ahead, prompt) if candidates else None
 
     def _start(self, replica: Replica) -> None:
         replica.inflight += 1

@@ -44,6 +44,7 @@ from gateway.dataplane.headers import (
 )
 from gateway.dataplane.openai import answer_error, answer_models, asks_for_models
 from gateway.dataplane.pool import NoCapacity, Pool
+from gateway.dataplane.prefix import parse_body, prompt_blocks
 from gateway.dataplane.relay import CLIENT_CLOSED, relay
 from gateway.dataplane.replica import Replica
 from gateway.dataplane.retry import RETRYABLE_STATUS
@@ -78,6 +79,7 @@ class _Call:
     started: float
     host_missing: bool = False
     model: str = ""  # the configured model it was routed by ("": by path alone)
+    prompt: tuple[int, ...] = ()  # its prompt's block hashes, if the pool's policy reads them
     body: bytes = b""  # read whole, so that every attempt can send it
     headers: list[tuple[str, str]] = field(default_factory=list)  # what goes to a replica
     deadline: float | None = None  # for the response head, set once the first slot is had:
@@ -129,12 +131,15 @@ class Proxy:
             return self._finish(call, "", CLIENT_CLOSED)
         if body is None:
             return self._error(call, 413, f"request body larger than {self.max_body_bytes} bytes")
+        request = parse_body(body) if route.models or pool.reads_prompt else None
         try:
-            pool, call.model = route.pool_for(body)
+            pool, call.model = route.pool_for(request)
             call.pool = pool
         except UnknownModel as exc:
             answer_error(exchange, exc, tag)
             return self._finish(call, "", exc.status)
+        if pool.reads_prompt:
+            call.prompt = prompt_blocks(request)
         peer = exchange.remote
         headers = head.end_to_end
         headers += forwarding_headers(head.forwarding, peer, is_trusted(peer, self.trusted_proxies))
@@ -165,7 +170,7 @@ class Proxy:
                     break
                 self.recorder.retry(pool.name, failure.reason)
             try:
-                replica, cold_wait_s = await self._acquire(pool, call.tried, call.deadline)
+                replica, cold_wait_s = await self._acquire(pool, call)
             except NoCapacity as exc:
                 if retry:
                     break
@@ -266,18 +271,16 @@ class Proxy:
             answer.replica, answer.ttfb_s, answer.response.status, answer.level, answer.kind
         )
 
-    async def _acquire(
-        self, pool: Pool, tried: frozenset[str], deadline: float | None
-    ) -> tuple[Replica, float | None]:
+    async def _acquire(self, pool: Pool, call: _Call) -> tuple[Replica, float | None]:
         """A slot, and how long it waited for a replica to start (None: it did not)."""
         cold = pool.is_cold
         since = self.clock()
-        if deadline is None:
-            replica = await pool.acquire(tried)  # bounded by the queue's own timeout
+        if call.deadline is None:
+            replica = await pool.acquire(call.tried, call.prompt)  # the queue bounds the wait
         else:
             try:
-                async with asyncio.timeout(deadline - since):
-                    replica = await pool.acquire(tried)
+                async with asyncio.timeout(call.deadline - since):
+                    replica = await pool.acquire(call.tried, call.prompt)
             except TimeoutError:
                 raise _Failed(504, "deadline") from None
         return replica, self.clock() - since if cold else None

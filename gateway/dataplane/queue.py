@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.dataplane.replica import Replica
@@ -20,12 +20,13 @@ from gateway.dataplane.replica import Replica
 class _Waiter:
     future: asyncio.Future[Replica]
     exclude: frozenset[str]
+    prompt: Sequence[int]  # the request's prompt blocks, for a policy that reads them
 
 
 class SlotQueue:
     def __init__(
         self,
-        pick: Callable[[frozenset[str]], Replica | None],
+        pick: Callable[[frozenset[str], Sequence[int]], Replica | None],
         take: Callable[[Replica], None],
         give_back: Callable[[Replica], None],
     ) -> None:
@@ -36,12 +37,16 @@ class SlotQueue:
         return len(self._waiters)
 
     async def wait(
-        self, exclude: frozenset[str], timeout_s: float, timed_out: Callable[[], Exception]
+        self,
+        exclude: frozenset[str],
+        prompt: Sequence[int],
+        timeout_s: float,
+        timed_out: Callable[[], Exception],
     ) -> Replica:
         """A slot on a replica outside ``exclude``, taken for the caller; after
         ``timeout_s``, the exception ``timed_out`` makes."""
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(loop.create_future(), exclude)
+        waiter = _Waiter(loop.create_future(), exclude, prompt)
         self._waiters.append(waiter)
         timer = loop.call_later(timeout_s, self._expire, waiter, timed_out)
         try:
@@ -60,7 +65,7 @@ class SlotQueue:
             for waiter in self._waiters:
                 if waiter.future.done():
                     continue
-                replica = self._pick(waiter.exclude)  # the oldest first: none ahead
+                replica = self._pick(waiter.exclude, waiter.prompt)  # oldest first: none ahead
                 if replica is not None:
                     break
                 if not waiter.exclude:

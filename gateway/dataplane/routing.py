@@ -3,16 +3,14 @@ that name models (the OpenAI API), the JSON body's ``model``.
 
 Routes sharing a path form one ``Route``: its ``models`` (names and aliases, each to one
 pool, and ``canonical``: each to its model's own name) and its ``default`` (the route with
-that path and no model, if any). Only a route with models needs the body parsed; the body
-is forwarded as it came either way.
+that path and no model, if any). Only a route with models needs the body parsed (the proxy
+parses it, once); the body is forwarded as it came either way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
-
-import orjson
+from typing import Any, Generic, TypeVar
 
 P = TypeVar("P")  # a pool: the router only hands it back
 
@@ -33,14 +31,16 @@ class Route(Generic[P]):
     models: dict[str, P] = field(default_factory=dict)
     canonical: dict[str, str] = field(default_factory=dict)
 
-    def pool_for(self, body: bytes) -> tuple[P, str]:
-        """The pool for a request with ``body``, and the configured name of the model it
-        was routed by ("" when by the default: a label that stays in a bounded set).
-        Raises UnknownModel."""
+    def pool_for(self, request: Any) -> tuple[P, str]:
+        """The pool for a request whose body's JSON is ``request`` (None: none, or not
+        parsed, which a route without models does not need), and the configured name of
+        the model it was routed by ("" when by the default: a label that stays in a
+        bounded set). Raises UnknownModel."""
         if not self.models:
             assert self.default is not None  # a route has a model or is a default
             return self.default, ""
-        model = _model(body)
+        model = request.get("model") if isinstance(request, dict) else None
+        model = model if isinstance(model, str) else None
         if isinstance(model, str) and model in self.models:
             return self.models[model], self.canonical[model]
         if self.default is not None:
@@ -52,15 +52,6 @@ class Route(Generic[P]):
     def listing_path(self) -> str:
         """Where the route answers ``GET`` with the models it serves: ``<path>/models``."""
         return self.path.rstrip("/") + "/models"
-
-
-def _model(body: bytes) -> str | None:
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    model = parsed.get("model") if isinstance(parsed, dict) else None
-    return model if isinstance(model, str) else None
 
 
 class Router(Generic[P]):

@@ -18,6 +18,7 @@ from gateway.dataplane.policies import (
     PeakEwma,
     Policy,
     PowerOfTwoChoices,
+    PrefixAffinity,
     RoundRobin,
     make_policy,
 )
@@ -98,6 +99,7 @@ def test_no_candidates_gives_none_and_one_candidate_is_picked(name: str) -> None
         ("least_connections", LeastConnections),
         ("p2c", PowerOfTwoChoices),
         ("peak_ewma", PeakEwma),
+        ("prefix_affinity", PrefixAffinity),
     ],
 )
 def test_make_policy_by_name(name: str, cls: type) -> None:
@@ -113,7 +115,9 @@ def test_unknown_policy_and_bad_parameters_are_refused() -> None:
         make_policy("fastest", clock=Clock(), rng=random.Random(0))
     with pytest.raises(ValueError, match="must be > 0"):
         new("peak_ewma", relax_s=0)
-    assert {"round_robin", "least_connections", "p2c", "peak_ewma"} == POLICY_NAMES
+    assert {"round_robin", "least_connections", "p2c", "peak_ewma", "prefix_affinity"} == (
+        POLICY_NAMES
+    )
 
 
 # -- round robin, least connections, p2c ------------------------------------------------

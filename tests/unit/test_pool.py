@@ -17,8 +17,14 @@ from tests.fakes import Clock
 class FirstPolicy:
     """Picks the first candidate: makes the pool's own choices visible."""
 
+    reads_prompt = False
+
     def pick(
-        self, candidates: Sequence[Replica], full: Sequence[Replica] = (), ahead: int = 0
+        self,
+        candidates: Sequence[Replica],
+        full: Sequence[Replica] = (),
+        ahead: int = 0,
+        prompt: Sequence[int] = (),
     ) -> Replica | None:
         return candidates[0] if candidates else None
 

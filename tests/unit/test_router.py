@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.dataplane.prefix import parse_body
 from gateway.dataplane.routing import Router, UnknownModel
 
 A, B, ROOT = "a", "b", "root"
@@ -27,7 +28,7 @@ A, B, ROOT = "a", "b", "root"
 )
 def test_longest_whole_segment_prefix_wins(routes: Any, path: str, expected: Any) -> None:
     route = Router([(path_, pool, ()) for path_, pool in routes]).match(path)
-    assert (route.pool_for(b"") if route else None) == (
+    assert (route.pool_for(None) if route else None) == (
         None if expected is None else (expected, "")
     )
 
@@ -66,15 +67,15 @@ def test_the_body_s_model_picks_the_pool(path: str, payload: bytes, expected: An
     assert route is not None
     if isinstance(expected, int):
         with pytest.raises(UnknownModel) as caught:
-            route.pool_for(payload)
+            route.pool_for(parse_body(payload))
         assert caught.value.status == expected
     else:
-        assert route.pool_for(payload) == expected
+        assert route.pool_for(parse_body(payload)) == expected
 
 
 def test_a_route_without_a_model_takes_the_models_no_route_names() -> None:
     route = Router([("/v1", "llama", ("llama-3-8b",)), ("/v1", "rest", ())]).match("/v1/x")
     assert route is not None and route.listing_path() == "/v1/models"
-    assert route.pool_for(body("llama-3-8b")) == ("llama", "llama-3-8b")
-    assert route.pool_for(body("other")) == route.pool_for(b"no json") == ("rest", "")
+    assert route.pool_for(parse_body(body("llama-3-8b"))) == ("llama", "llama-3-8b")
+    assert route.pool_for(parse_body(body("other"))) == route.pool_for(None) == ("rest", "")
     assert list(route.models) == ["llama-3-8b"]
