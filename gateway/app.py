@@ -39,6 +39,7 @@ from gateway.control.drivers.process import ProcessDriver
 from gateway.control.gpus import GpuLedger, discover_gpus
 from gateway.dataplane.policies import Policy, make_policy
 from gateway.dataplane.pool import Pool
+from gateway.dataplane.priority import RANKS, Target
 from gateway.dataplane.prober import Prober
 from gateway.dataplane.proxy import Proxy
 from gateway.dataplane.replica import Replica
@@ -306,8 +307,13 @@ class Gateway:
             if scaler is not None:
                 scaler.wake.set()
 
-    def _router(self, config: Config) -> Router[Pool]:
-        return Router([(r.path, self.pools[r.pool], r.models) for r in config.routes])
+    def _router(self, config: Config) -> Router[Target[Pool]]:
+        return Router(
+            [
+                (r.path, Target(self.pools[r.pool], RANKS[r.priority], r.priority_header), r.models)
+                for r in config.routes
+            ]
+        )
 
     # -- listeners ---------------------------------------------------------------------
 

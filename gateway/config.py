@@ -67,6 +67,8 @@ class Route(_Model):
     # ``pool``; a route with the same path and no model takes the others
     model: str | None = Field(None, min_length=1)
     aliases: tuple[str, ...] = ()
+    priority: Literal["critical", "standard", "sheddable"] = "standard"  # (priority.py)
+    priority_header: bool = False  # may X-Priority raise it (lowering is always allowed)
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -83,6 +85,8 @@ class Route(_Model):
 class Queue(_Model):
     max_size: int = Field(512, ge=0)
     timeout_s: float = Field(10.0, gt=0)
+    # a sheddable request arriving with this many waiting already is refused with 429
+    sheddable_max_waiting: int = Field(16, ge=0)
 
 
 class Timeouts(_Model):

@@ -44,7 +44,9 @@ FORWARDING = frozenset(
 # anyway, "close" is no field (RFC 9110 registers the name so it never is one), and Host
 # must reach the replica whatever a client says.
 _NOT_REMOVABLE = HOP_BY_HOP | {"", "close", "host"}
-_REQUEST_SPECIAL = HOP_BY_HOP | FORWARDING | {"host", "x-request-id"}
+# forwarded as they are, and noted: a request's class and tenant come from them (priority.py)
+_NOTED = frozenset({"x-priority", "x-tenant", "authorization"})
+_REQUEST_SPECIAL = HOP_BY_HOP | FORWARDING | _NOTED | {"host", "x-request-id"}
 _RESPONSE_DROP = HOP_BY_HOP | {"x-request-id"}  # the gateway sets its own on every answer
 # RFC 3986 uri-host (an IP literal in brackets, or a reg-name / IPv4) and an optional port
 _HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(:[0-9]*)?")
@@ -60,6 +62,7 @@ class RequestHeaders:
     hosts: int  # how many Host headers came
     host: str  # the first one's value ("" if none)
     request_id: str | None  # the client's first X-Request-ID, not yet checked
+    noted: dict[str, str]  # the first X-Priority, X-Tenant and Authorization, by lower name
 
 
 def split_request(headers: Iterable[tuple[str, str]]) -> RequestHeaders:
@@ -74,6 +77,7 @@ def split_request(headers: Iterable[tuple[str, str]]) -> RequestHeaders:
     hosts = 0
     host = ""
     request_id = None
+    noted: dict[str, str] = {}
     for name, value in headers:
         low = name.lower()
         if low not in _REQUEST_SPECIAL:
@@ -87,12 +91,15 @@ def split_request(headers: Iterable[tuple[str, str]]) -> RequestHeaders:
             forwarding.append((name, value))
         elif low == "connection":
             named.update(_tokens(value))
+        elif low in _NOTED:
+            noted.setdefault(low, value)
+            kept.append((name, value))
         elif low == "x-request-id" and request_id is None:
             request_id = value
     named -= _NOT_REMOVABLE
     if named:
         kept, forwarding = _without(kept, named), _without(forwarding, named)
-    return RequestHeaders(kept, forwarding, hosts, host, request_id)
+    return RequestHeaders(kept, forwarding, hosts, host, request_id, noted)
 
 
 def response_headers(headers: Iterable[tuple[str, str]]) -> Headers:

@@ -21,8 +21,8 @@ def answer_models(exchange: Exchange, route: Route[Any], headers: list[tuple[str
     """Every model name and alias the route serves, with the pool that serves it."""
     created = int(time.time())
     data = [
-        {"id": name, "object": "model", "created": created, "owned_by": pool.name}
-        for name, pool in route.models.items()
+        {"id": name, "object": "model", "created": created, "owned_by": target.pool.name}
+        for name, target in route.models.items()
     ]
     json_response(exchange, 200, {"object": "list", "data": data}, headers)
 

@@ -12,7 +12,8 @@ Invariants:
   (``limits.py``) under the configured ``max_inflight_per_replica``, or that number
   itself with ``concurrency_limit: fixed``. The cap is hard: above it, requests wait
   here, not inside the replica;
-* a freed slot goes straight to the oldest waiter that may use it (FIFO, no herd);
+* a freed slot goes straight to a waiter that may use it (no herd): the highest class
+  first, tenants in turn, each tenant's oldest first (``queue.py``);
 * the policy only ever picks eligible replicas: routable, not draining, below the cap (it
   is also told which routable ones are full, to weigh waiting for them);
   when no replica is routable at all the pool fails open and treats every non-draining
@@ -35,7 +36,8 @@ from gateway.dataplane.health import HealthRules
 from gateway.dataplane.hedging import Window, hedge_delay
 from gateway.dataplane.limits import ConcurrencyLimit
 from gateway.dataplane.policies import Policy
-from gateway.dataplane.queue import SlotQueue
+from gateway.dataplane.priority import SHEDDABLE
+from gateway.dataplane.queue import PLAIN, Ask, SlotQueue
 from gateway.dataplane.replica import Replica
 from gateway.dataplane.retry import RetryBudget
 from gateway.recorder import NULL_RECORDER, Recorder
@@ -47,12 +49,13 @@ HEDGE_EJECTED_PERCENT = 25.0  # most replicas out at once for hanging under hedg
 
 
 class NoCapacity(Exception):
-    """No slot could be had; the client gets 503 with ``Retry-After``."""
+    """No slot could be had; the client gets ``status`` with ``Retry-After``."""
 
-    def __init__(self, reason: str, retry_after_s: int) -> None:
+    def __init__(self, reason: str, retry_after_s: int, status: int = 503) -> None:
         super().__init__(reason)
-        self.reason = reason  # queue_full, queue_timeout, cold_start_full, no_replica
+        self.reason = reason  # queue_full, queue_timeout, cold_start_full, no_replica, shed
         self.retry_after_s = retry_after_s
+        self.status = status  # 503, or 429 for a sheddable request
 
 
 class Scaling(Protocol):
@@ -196,13 +199,13 @@ class Pool:
         """Does its policy route by the prompt (``acquire``'s ``prompt``)?"""
         return self.policy.reads_prompt
 
-    async def acquire(
-        self, exclude: frozenset[str] = frozenset(), prompt: Sequence[int] = ()
-    ) -> Replica:
-        """A replica with a slot reserved for the caller, who must ``release`` it;
-        ``prompt``: the request's prompt blocks (``prefix.prompt_blocks``), if the policy
-        reads them."""
-        replica = self._pick(exclude, len(self._queue), prompt=prompt)
+    async def acquire(self, exclude: frozenset[str] = frozenset(), ask: Ask = PLAIN) -> Replica:
+        """A replica with a slot reserved for the caller, who must ``release`` it. ``ask``:
+        the request's prompt blocks (for a policy that reads them), class and tenant,
+        which order the queue. A sheddable request is refused (429) when
+        ``queue.sheddable_max_waiting`` requests wait already; a full queue sheds a
+        waiter to let a request in where ``SlotQueue.make_room`` allows it."""
+        replica = self._pick(exclude, len(self._queue), prompt=ask.prompt)
         if replica is not None:
             self._start(replica)
             return replica
@@ -215,17 +218,31 @@ class Pool:
             limit, timeout_s = bounds.max_waiting, bounds.timeout_s
         else:
             limit, timeout_s = self.settings.queue.max_size, self.settings.queue.timeout_s
-        if len(self._queue) >= limit:
-            raise NoCapacity("cold_start_full" if cold else "queue_full", self._retry_after())
+            if (
+                ask.rank == SHEDDABLE
+                and len(self._queue) >= self.settings.queue.sheddable_max_waiting
+            ):
+                raise self._refusal("shed", ask)
+        if len(self._queue) >= limit and (cold or not self._queue.make_room(ask, self._shed)):
+            raise self._refusal("cold_start_full" if cold else "queue_full", ask)
         if cold:
             assert self.scaling is not None
             self.scaling.on_demand()
         since = self.clock()
         replica = await self._queue.wait(
-            exclude, prompt, timeout_s, lambda: NoCapacity("queue_timeout", self._retry_after())
+            exclude, ask, timeout_s, lambda: NoCapacity("queue_timeout", self._retry_after())
         )
         self.recorder.queue_wait(self.name, self.clock() - since)
         return replica
+
+    def _refusal(self, reason: str, ask: Ask) -> NoCapacity:
+        """A sheddable request is refused with 429 (asked to come back), others with 503."""
+        status = 429 if ask.rank == SHEDDABLE else 503
+        return NoCapacity(reason, self._retry_after(), status)
+
+    def _shed(self, ask: Ask) -> NoCapacity:
+        """What a waiter shed to make room gets (its request counts it as rejected)."""
+        return self._refusal("shed", ask)
 
     def release(
         self,

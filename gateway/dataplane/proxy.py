@@ -45,6 +45,8 @@ from gateway.dataplane.headers import (
 from gateway.dataplane.openai import answer_error, answer_models, asks_for_models
 from gateway.dataplane.pool import NoCapacity, Pool
 from gateway.dataplane.prefix import parse_body, prompt_blocks
+from gateway.dataplane.priority import Target, rank_of, tenant_of
+from gateway.dataplane.queue import PLAIN, Ask
 from gateway.dataplane.relay import CLIENT_CLOSED, relay
 from gateway.dataplane.replica import Replica
 from gateway.dataplane.retry import RETRYABLE_STATUS
@@ -79,7 +81,7 @@ class _Call:
     started: float
     host_missing: bool = False
     model: str = ""  # the configured model it was routed by ("": by path alone)
-    prompt: tuple[int, ...] = ()  # its prompt's block hashes, if the pool's policy reads them
+    ask: Ask = PLAIN  # its prompt's blocks (if the pool's policy reads them), class, tenant
     body: bytes = b""  # read whole, so that every attempt can send it
     headers: list[tuple[str, str]] = field(default_factory=list)  # what goes to a replica
     deadline: float | None = None  # for the response head, set once the first slot is had:
@@ -91,7 +93,7 @@ class _Call:
 class Proxy:
     def __init__(
         self,
-        router: Router[Pool],
+        router: Router[Target[Pool]],
         upstream: Upstream,
         recorder: Recorder = NULL_RECORDER,
         clock: Callable[[], float] = time.monotonic,
@@ -116,7 +118,8 @@ class Proxy:
             return error_response(exchange, 404, f"no route for {exchange.path}", tag)
         if asks_for_models(route, exchange):
             return answer_models(exchange, route, tag)
-        pool = route.default or next(iter(route.models.values()))  # until the body names one
+        target = route.default or next(iter(route.models.values()))  # until the body says
+        pool = target.pool
         call = _Call(exchange, pool, request_id, self.clock())
         try:
             body = await exchange.body(self.max_body_bytes)
@@ -133,14 +136,17 @@ class Proxy:
             return self._error(call, 413, f"request body larger than {self.max_body_bytes} bytes")
         request = parse_body(body) if route.models or pool.reads_prompt else None
         try:
-            pool, call.model = route.pool_for(request)
-            call.pool = pool
+            target, call.model = route.pool_for(request)
         except UnknownModel as exc:
             answer_error(exchange, exc, tag)
             return self._finish(call, "", exc.status)
-        if pool.reads_prompt:
-            call.prompt = prompt_blocks(request)
-        peer = exchange.remote
+        call.pool = pool = target.pool
+        peer, noted = exchange.remote, head.noted
+        call.ask = Ask(
+            prompt_blocks(request) if pool.reads_prompt else (),
+            rank_of(target, noted.get("x-priority")),
+            tenant_of(noted.get("x-tenant"), noted.get("authorization"), peer),
+        )
         headers = head.end_to_end
         headers += forwarding_headers(head.forwarding, peer, is_trusted(peer, self.trusted_proxies))
         headers += tag
@@ -176,7 +182,7 @@ class Proxy:
                     break
                 self.recorder.rejected(pool.name, exc.reason)
                 retry_after = [("Retry-After", str(exc.retry_after_s))]
-                return self._error(call, 503, f"no capacity: {exc.reason}", retry_after)
+                return self._error(call, exc.status, f"no capacity: {exc.reason}", retry_after)
             except _Failed as exc:
                 failure = exc
                 break
@@ -276,11 +282,11 @@ class Proxy:
         cold = pool.is_cold
         since = self.clock()
         if call.deadline is None:
-            replica = await pool.acquire(call.tried, call.prompt)  # the queue bounds the wait
+            replica = await pool.acquire(call.tried, call.ask)  # the queue bounds the wait
         else:
             try:
                 async with asyncio.timeout(call.deadline - since):
-                    replica = await pool.acquire(call.tried, call.prompt)
+                    replica = await pool.acquire(call.tried, call.ask)
             except TimeoutError:
                 raise _Failed(504, "deadline") from None
         return replica, self.clock() - since if cold else None
