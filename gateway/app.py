@@ -44,6 +44,7 @@ from gateway.dataplane.prober import Prober
 from gateway.dataplane.proxy import Proxy
 from gateway.dataplane.replica import Replica
 from gateway.dataplane.routing import Router
+from gateway.dataplane.scraper import EngineScraper
 from gateway.http.client import Upstream
 from gateway.http.exchange import Exchange
 from gateway.http.server import HttpServer, raise_open_files_limit
@@ -82,7 +83,7 @@ class Gateway:
         self.ledger = GpuLedger([])
         self.recorder = PrometheusRecorder(self)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._probers: dict[str, asyncio.Task[None]] = {}  # by pool: its active checks
+        self._watchers: dict[str, asyncio.Task[None]] = {}  # by pool: health checks, engine reads
         self._scaler_tasks: dict[str, asyncio.Task[None]] = {}  # by pool: its reconcile loop
         self._listener: HttpServer | None = None
         self._admin: web.AppRunner | None = None
@@ -122,7 +123,7 @@ class Gateway:
             await self._listener.close(self.config.drain_timeout_s)
         if self._admin is not None:
             await self._admin.cleanup()
-        for task in [*self._tasks, *self._probers.values(), *self._scaler_tasks.values()]:
+        for task in [*self._tasks, *self._watchers.values(), *self._scaler_tasks.values()]:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(
@@ -234,9 +235,14 @@ class Gateway:
         pool = Pool(name, settings, self._policy(settings), self.clock, self.recorder)
         pool.set_replicas(static_replica(url) for url in settings.backends)
         self.pools[name] = pool
-        self._probers[name] = asyncio.create_task(Prober(pool, self.session).run())
+        self._watchers[name] = asyncio.create_task(self._watch_replicas(pool))
         if settings.autoscale is not None:
             self._autoscale(pool, settings.autoscale)
+
+    async def _watch_replicas(self, pool: Pool) -> None:
+        """The pool's active health checks and, where on, its engine-signal reads."""
+        scraper = EngineScraper(pool, self.session, self.clock)
+        await asyncio.gather(Prober(pool, self.session).run(), scraper.run())
 
     def _policy(self, settings: PoolSettings) -> Policy:
         return make_policy(settings.policy, clock=self.clock, rng=self.rng)
@@ -265,7 +271,7 @@ class Gateway:
         """Routes no longer lead here; managed replicas drain and stop."""
         if name in self.autoscalers:
             await self._stop_autoscaler(name)
-        self._probers.pop(name).cancel()
+        self._watchers.pop(name).cancel()
         self.pools.pop(name)
 
     def _autoscale(self, pool: Pool, settings: Autoscale) -> None:

@@ -159,6 +159,23 @@ class Autoscale(_Model):
     on_exit: Literal["keep", "stop"] = "keep"  # keep: adopt on restart; stop: drain and remove
 
 
+class EngineMetrics(_Model):
+    """Reading each replica's own account of its load (an LLM engine's ``/metrics``, vLLM
+    or SGLang names) for the policies; off by default, since a ``/predict`` server has none."""
+
+    enabled: bool = False
+    path: str = "/metrics"
+    interval_s: float = Field(0.25, gt=0)
+    timeout_s: float = Field(1.0, gt=0)
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        return v
+
+
 class Pool(_Model):
     policy: str = "peak_ewma"
     backends: tuple[str, ...] = ()
@@ -171,6 +188,7 @@ class Pool(_Model):
     hedging: Hedging = Hedging()
     health: Health = Health()
     outlier: Outlier = Outlier()
+    engine_metrics: EngineMetrics = EngineMetrics()
     autoscale: Autoscale | None = None  # None: the static ``backends`` only
 
     @field_validator("policy")

@@ -250,6 +250,14 @@ class _Gauges(Collector):
             "Most requests in flight on the replica: its learnt limit (or the fixed cap)",
             "pool", "replica",
         )  # fmt: skip
+        running = gauge("gateway_replica_engine_running", "Engine signals: requests the "
+                        "replica's engine runs", "pool", "replica")  # fmt: skip
+        waiting = gauge("gateway_replica_engine_waiting", "Engine signals: requests queued "
+                        "inside the engine", "pool", "replica")  # fmt: skip
+        kv = gauge("gateway_replica_engine_kv_usage", "Engine signals: share of the KV cache "
+                   "in use, 0-1", "pool", "replica")  # fmt: skip
+        age = gauge("gateway_replica_engine_age_seconds", "Engine signals: age of the last "
+                    "figures read", "pool", "replica")  # fmt: skip
         replicas = gauge("gateway_replicas", "Managed replicas by state", "pool", "state")
         desired = gauge("gateway_replicas_desired", "The autoscaler's decision", "pool")
         panic = gauge("gateway_autoscaler_panic", "1 while in panic mode", "pool")
@@ -268,6 +276,12 @@ class _Gauges(Collector):
                 ejected.add_metric([pool.name, r.id], float(r.ejected))
                 if r.estimate_s is not None:
                     estimate.add_metric([pool.name, r.id], r.estimate_s)
+                if r.engine is not None:
+                    running.add_metric([pool.name, r.id], r.engine.running)
+                    waiting.add_metric([pool.name, r.id], r.engine.waiting)
+                    age.add_metric([pool.name, r.id], r.engine.age_s)
+                    if r.engine.kv_usage is not None:
+                        kv.add_metric([pool.name, r.id], r.engine.kv_usage)
             scaler = pool.autoscale
             if scaler is not None:
                 for state, count in scaler.states:
@@ -278,4 +292,4 @@ class _Gauges(Collector):
         gpus.add_metric(["allocated"], view.gpus_total - view.gpus_free)
         gpus.add_metric(["free"], view.gpus_free)
         yield from (inflight, limit, up, ejected, depth, hedge_after, estimate)
-        yield from (replicas, desired, panic, gpus)
+        yield from (running, waiting, kv, age, replicas, desired, panic, gpus)

@@ -26,6 +26,16 @@ STATES = REPLICA_STATES  # what a replica's ``state`` may be
 
 
 @dataclass(frozen=True, slots=True)
+class EngineView:
+    """What the replica's engine last said of its load (engine signals), and how long ago."""
+
+    running: float
+    waiting: float
+    kv_usage: float | None
+    age_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class ReplicaView:
     id: str
     url: str | None  # None while an autoscaled replica has no address yet
@@ -37,6 +47,7 @@ class ReplicaView:
     routable: bool = False  # up and not ejected: the pool sends it requests
     estimate_s: float | None = None  # peak_ewma's latency estimate (None: another policy)
     gpus: tuple[str, ...] = ()
+    engine: EngineView | None = None  # None: not read (engine signals off, or none yet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +100,11 @@ def _pool(pool: Pool, scaler: PoolAutoscaler | None, ledger: GpuLedger) -> PoolV
     policy = pool.policy if isinstance(pool.policy, PeakEwma) else None
 
     def replica(r: Replica, state: str, gpus: tuple[str, ...] = ()) -> ReplicaView:
+        e = r.engine
+        engine = None if e is None else EngineView(e.running, e.waiting, e.kv_usage, now - e.at)
         return ReplicaView(
             r.id, r.url, state, r.inflight, r.cap, r.health.up, r.health.ejected(now),
-            r.health.routable(now), policy.estimate(r) if policy else None, gpus,
+            r.health.routable(now), policy.estimate(r) if policy else None, gpus, engine,
         )  # fmt: skip
 
     replicas = tuple(

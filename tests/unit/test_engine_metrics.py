@@ -1,0 +1,48 @@
+"""Reading an engine's load from its /metrics text: vLLM's and SGLang's names, summed
+over labels, junk passed over."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.dataplane.engine_metrics import parse
+from gateway.dataplane.replica import EngineLoad
+
+VLLM = """# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="llama"} 12.0
+vllm:num_requests_running{engine="1",model_name="llama"} 3.0
+vllm:num_requests_waiting{engine="0",model_name="llama"} 2.0
+vllm:kv_cache_usage_perc{engine="0",model_name="llama"} 0.5
+vllm:kv_cache_usage_perc{engine="1",model_name="llama"} 0.7
+vllm:prefix_cache_hits_total{engine="0",model_name="llama"} 1e6
+"""
+SGLANG = """sglang:num_running_reqs{model_name="qwen"} 7
+sglang:num_queue_reqs{model_name="qwen"} 0 1733000000000
+sglang:token_usage{model_name="qwen"} 0.28
+sglang:cache_hit_rate{model_name="qwen"} 0.9
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (VLLM, EngineLoad(15.0, 2.0, 0.6, 1.0)),
+        (SGLANG, EngineLoad(7.0, 0.0, 0.28, 1.0)),
+        ("vllm:num_requests_running 4\nvllm:gpu_cache_usage_perc 0.25\n", EngineLoad(4, 0, 0.25, 1.0)),
+        ("vllm:num_requests_waiting 3\n", EngineLoad(0.0, 3.0, None, 1.0)),
+        # junk, NaN, negative, a bad number, a label with a brace in it, over-full usage
+        ("vllm:num_requests_running NaN\nvllm:num_requests_running -1\nvllm:num_requests_running x\n"
+         'vllm:num_requests_running{a="}"} 5\nvllm:kv_cache_usage_perc 1.5\ngarbage {{{\n',
+         EngineLoad(5.0, 0.0, 1.0, 1.0)),
+        ("model_requests 4\n# vllm:num_requests_running 9\n", None),  # not an engine's
+        ("", None),
+    ],
+)  # fmt: skip
+def test_parse(text: str, expected: EngineLoad | None) -> None:
+    got = parse(text, at=1.0)
+    if expected is None or got is None:
+        assert got == expected
+    else:
+        assert (got.running, got.waiting, got.at) == (expected.running, expected.waiting, 1.0)
+        assert got.kv_usage == pytest.approx(expected.kv_usage)
