@@ -31,7 +31,7 @@ import orjson
 import uvloop
 
 from load import burst
-from load.bench import matrix, report
+from load.bench import llm, matrix, report
 from load.bench.contestants import CONTESTANTS, Limits
 from load.bench.install import ensure
 from load.bench.plots import plot_ratios, plot_scenario
@@ -46,9 +46,10 @@ FIGURES = LOAD / "results"  # committed, referenced from RESULTS.md
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m load.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("scenarios", nargs="+", choices=[*NAMES, "all", matrix.NAME],
+    p.add_argument("scenarios", nargs="+", choices=[*NAMES, "all", matrix.NAME, *llm.NAMES],
                    metavar="SCENARIO", help=f"one or more of {', '.join(NAMES)}, or all "
-                   "(those); or matrix, the workload matrix (not in all)")  # fmt: skip
+                   "(those); or matrix, the workload matrix, or the LLM benchmarks "
+                   f"{', '.join(llm.NAMES)} (none of them in all)")  # fmt: skip
     p.add_argument("--duration", type=float, default=20.0, help="s of load per contestant")
     p.add_argument("--rate", type=float, help="arrivals per second (default: the scenario's)")
     p.add_argument("--cells", help="matrix: comma-separated cells (default: the 15 defaults)")
@@ -66,7 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     chosen = [name for s in args.scenarios for name in (NAMES if s == "all" else [s])]
     args.scenarios = list(dict.fromkeys(chosen))
-    names = {c.name for c in CONTESTANTS}
+    names = {c.name for c in CONTESTANTS} | set(llm.CONTESTANTS)
     args.only = args.contestants.split(",") if args.contestants else None
     if args.only and not set(args.only) <= names:
         p.error(f"unknown contestants; choose from {', '.join(sorted(names))}")
@@ -96,6 +97,15 @@ def run(name: str, args: argparse.Namespace, command: str) -> dict[str, Any]:
     """Run scenario ``name``; the result as saved in its JSON."""
     if name == matrix.NAME:
         return run_matrix(args, command)
+    if name in llm.NAMES:
+        only = ",".join(args.only) if args.only else None
+        haproxy = (
+            None if only and "haproxy-roundrobin" not in only else ensure(["haproxy"])["haproxy"]
+        )
+        runs = llm.main(name, args.duration, args.seed, only, args.out, haproxy)
+        return {"scenario": name, "about": llm.ABOUT[name], "command": command, "llm": runs,
+                "options": {"duration": args.duration, "seed": args.seed},
+                "machine": report.machine({})}  # fmt: skip
     if name in AUTOSCALE:
         a = AUTOSCALE[name]
         plan = dataclasses.replace(a.plan(args.duration), seed=args.seed, timeout=args.timeout)
@@ -136,6 +146,8 @@ def run_matrix(args: argparse.Namespace, command: str) -> dict[str, Any]:
 
 def render(result: dict[str, Any], figure: Path) -> str:
     """Draw the scenario's figure; its table (and verdict) as text."""
+    if "llm" in result:
+        return llm.render(result["scenario"], result["llm"])
     if "cells" in result:
         plot_ratios(*matrix.heatmap(result), "p50 and p99 over the best peer's "
                     "(HAProxy leastconn, nginx least_conn); under 1 is better", figure)  # fmt: skip
@@ -182,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         leftovers += len(result.get("result", {}).get("leftover_pids", []))
         figure = (FIGURES if args.publish else args.out) / f"bench-{name}.png"
         text = render(result, figure)
-        if args.publish:
+        if args.publish and "llm" not in result:  # the LLM sections are written by hand
             publish(result, figure)
         if args.json:
             results.append(result)
