@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.dataplane.prefix import DEFAULT_CAPACITY, PrefixIndex
-from gateway.dataplane.replica import Replica
+from gateway.dataplane.replica import ENGINE_FRESH_S, Replica, engine_queues
 
 Clock = Callable[[], float]
 
@@ -62,12 +62,14 @@ many answers, shrunk toward what it shows as answers come: one fast first answer
 evidence that a replica is faster than its peers."""
 VAR_SAMPLES = 64  # the most answers the measured variance counts as against the prior
 
-BALANCE, SLACK = 1.25, 2
-"""prefix_affinity considers only replicas with at most BALANCE x the least load + SLACK."""
-MIN_MATCH, MIN_MATCH_BLOCKS, MATCH_TIE = 0.1, 2, 0.1
+BALANCE, SLACK = 1.5, 16
+"""prefix_affinity considers only replicas with at most BALANCE x the least load + SLACK:
+an LLM engine runs many sequences side by side, and one more in its batch costs far less
+than prefilling a conversation's history again elsewhere (a tight band, 1.25 x + 2, lost
+a fifth of the cache hits on ``llm-chat``); an engine that queues is passed over anyway."""
+MIN_MATCH, MIN_MATCH_BLOCKS, MATCH_TIE = 0.1, 2, 2
 """prefix_affinity: a match counts from this share of the prompt and this many blocks;
-matches within MATCH_TIE of the prompt of the best tie."""
-ENGINE_FRESH_S = 1.0  # an engine's scraped figures older than this are not used
+matches within MATCH_TIE blocks of the best tie (cut points apart, the same prefix)."""
 
 TYPICAL_SAMPLES = 256
 """About how many recent successful samples, from any replica, the pool's typical latency
@@ -430,9 +432,9 @@ class PrefixAffinity:
       load + ``SLACK`` are considered at all, so a hot prefix (one popular system prompt)
       spreads over the pool as load grows instead of piling onto one replica.
     * **Minimum match.** A match below ``MIN_MATCH`` of the prompt's blocks (or under
-      ``MIN_MATCH_BLOCKS``) counts for nothing; matches within ``MATCH_TIE`` of the
-      prompt of the best one tie, and load decides among them (then turns): a shared
-      system prompt that every replica holds sends no one anywhere in particular.
+      ``MIN_MATCH_BLOCKS``) counts for nothing; matches within ``MATCH_TIE`` blocks of
+      the best one tie, and load decides among them (then turns): a shared system prompt
+      that every replica holds sends no one anywhere in particular.
     * Every prompt sent is recorded in the chosen replica's index; a replica that leaves
       is forgotten with its index. A request without a prompt is routed by load alone.
     """
@@ -461,14 +463,14 @@ class PrefixAffinity:
             return None
         now = self.clock()
         loads = {r.id: self.load(r, now) for r in candidates}
-        open_ = [r for r in candidates if not _queueing(r, now)] or candidates
+        open_ = [r for r in candidates if not engine_queues(r, now)] or candidates
         floor = min(loads[r.id] for r in open_)
         band = [r for r in open_ if loads[r.id] <= floor * BALANCE + SLACK]
         if prompt:
             matched = {r.id: self.index.match(r.id, prompt) for r in band}
             best = max(matched.values())
             if best >= max(MIN_MATCH_BLOCKS, MIN_MATCH * len(prompt)):
-                band = [r for r in band if matched[r.id] >= best - MATCH_TIE * len(prompt)]
+                band = [r for r in band if matched[r.id] >= best - MATCH_TIE]
         chosen = _full_scan(band, lambda r: loads[r.id], self.turns)
         if full and min(r.inflight for r in full) + ahead / len(full) < chosen.inflight:
             return None  # as least-connections: a full replica frees up sooner
@@ -484,12 +486,6 @@ class PrefixAffinity:
     def forget(self, replica_id: str) -> None:
         self.index.forget(replica_id)
         self.turns.forget(replica_id)
-
-
-def _queueing(replica: Replica, now: float) -> bool:
-    """Does the replica's engine say, lately, that it queues requests it cannot run?"""
-    engine = replica.engine
-    return engine is not None and now - engine.at <= ENGINE_FRESH_S and engine.waiting > 0
 
 
 POLICIES: dict[str, Callable[..., Policy]] = {

@@ -8,6 +8,8 @@ also keeps what hedging needs: the pool's recent response heads (each replica ke
 and the budget for backup attempts, which take a free slot or none (``try_hedge``).
 
 Invariants:
+* a replica whose engine says it queues (engine signals, fresh) takes nothing more while
+  the gateway has a request on it: beyond the engine's own slots, requests wait here;
 * a replica's ``inflight`` never exceeds its ``cap``: its learnt concurrency limit
   (``limits.py``) under the configured ``max_inflight_per_replica``, or that number
   itself with ``concurrency_limit: fixed``. The cap is hard: above it, requests wait
@@ -38,7 +40,7 @@ from gateway.dataplane.limits import ConcurrencyLimit
 from gateway.dataplane.policies import Policy
 from gateway.dataplane.priority import SHEDDABLE
 from gateway.dataplane.queue import PLAIN, Ask, SlotQueue
-from gateway.dataplane.replica import Replica
+from gateway.dataplane.replica import Replica, engine_queues
 from gateway.dataplane.retry import RetryBudget
 from gateway.recorder import NULL_RECORDER, Recorder
 
@@ -244,6 +246,10 @@ class Pool:
         """What a waiter shed to make room gets (its request counts it as rejected)."""
         return self._refusal("shed", ask)
 
+    def engine_read(self) -> None:
+        """New engine figures came in: an engine that stopped queueing may take a waiter."""
+        self._queue.dispatch()
+
     def release(
         self,
         replica: Replica,
@@ -390,7 +396,10 @@ class Pool:
         for r in routable:
             if r.id not in exclude:
                 room = r.sure_slots if idle_only else r.cap
-                (candidates if r.inflight < room else full).append(r)
+                # an engine that says it queues is full too, if some of that is ours: the
+                # request waits here, where its class and tenant order it, not in there
+                busy = r.inflight >= room or (r.inflight > 0 and engine_queues(r, now))
+                (full if busy else candidates).append(r)
         return self.policy.pick(candidates, full, ahead, prompt) if candidates else None
 
     def _start(self, replica: Replica) -> None:

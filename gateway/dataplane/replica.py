@@ -27,6 +27,15 @@ class EngineLoad:
     at: float
 
 
+ENGINE_FRESH_S = 1.0  # an engine's figures older than this are not acted on
+
+
+def engine_queues(replica: Replica, now: float) -> bool:
+    """Does the replica's engine say, lately, that it queues requests it cannot run yet?"""
+    e = replica.engine
+    return e is not None and e.waiting > 0 and now - e.at <= ENGINE_FRESH_S
+
+
 @dataclass(eq=False, slots=True)
 class Replica:
     id: str

@@ -1,11 +1,11 @@
 """Engine signals: each replica's ``/metrics`` read on an interval into ``Replica.engine``.
 
 The I/O shell around ``engine_metrics.parse``, a sibling of the prober. Each replica is
-read by a loop of its own, so a slow or hung one delays nobody else's figures; a body is
-read up to ``MAX_BYTES`` at most, and anything else a hostile replica sends is a failed
-read. A failed read leaves the last figure (its ``at`` shows its age: policies use only
-fresh ones); after ``STALE_READS`` failures in a row it is cleared. Off (``enabled:
-false``, the default) the figures are cleared too, and nothing is read.
+read by a loop of its own, so a slow or hung one delays nobody else's figures. A body is
+read up to ``MAX_BYTES`` at most and scanned, not walked line by line; anything else a
+hostile replica sends is a failed read. A failed read leaves the last figure (its ``at``
+shows its age: policies use only fresh ones); ``STALE_READS`` failures in a row clear
+it. Off (``enabled: false``, the default) the figures are cleared, and nothing is read.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from gateway.dataplane.engine_metrics import parse
 from gateway.dataplane.pool import Pool
 from gateway.dataplane.replica import EngineLoad, Replica
 
-MAX_BYTES = 4 << 20  # an engine's metrics are tens of KB; more is not an engine
+MAX_BYTES = 1 << 20  # an engine's metrics are tens of KB; more is not an engine
 STALE_READS = 4
 
 
@@ -61,6 +61,7 @@ class EngineScraper:
             load = await self._read(replica, settings.path, settings.timeout_s)
             if load is not None:
                 replica.engine, failures = load, 0
+                self.pool.engine_read()
             else:
                 failures += 1
                 if failures >= STALE_READS:
@@ -86,4 +87,4 @@ class EngineScraper:
             return None
         if len(body) > MAX_BYTES:
             return None
-        return parse(body.decode("utf-8", "replace"), self.clock())
+        return parse(body, self.clock())

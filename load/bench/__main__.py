@@ -102,9 +102,9 @@ def run(name: str, args: argparse.Namespace, command: str) -> dict[str, Any]:
         haproxy = (
             None if only and "haproxy-roundrobin" not in only else ensure(["haproxy"])["haproxy"]
         )
-        runs = llm.main(name, args.duration, args.seed, only, args.out, haproxy)
+        runs = llm.main(name, args.duration, args.seed, only, args.out, haproxy, args.rate)
         return {"scenario": name, "about": llm.ABOUT[name], "command": command, "llm": runs,
-                "options": {"duration": args.duration, "seed": args.seed},
+                "options": {"duration": args.duration, "seed": args.seed, "rate": args.rate},
                 "machine": report.machine({})}  # fmt: skip
     if name in AUTOSCALE:
         a = AUTOSCALE[name]

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import venv
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,7 @@ class Replicas:
 REPLICAS = {
     "llm-chat": Replicas(),
     "llm-rag": Replicas(num_blocks=768),
-    "llm-overload": Replicas(max_num_seqs=6),
+    "llm-overload": Replicas(max_num_seqs=2),
 }
 
 
@@ -243,9 +243,11 @@ def start_replicas(procs: Procs, r: Replicas) -> list[str]:
 
 
 async def run_contestant(
-    scenario: str, name: str, duration: float, seed: int, out: Path, binaries: dict[str, str]
-) -> dict[str, Any]:
-    conversations = generate(SHAPES[scenario], duration, seed)
+    scenario: str, name: str, duration: float, seed: int, out: Path, binaries: dict[str, str],
+    rate: float | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    shape = SHAPES[scenario]
+    conversations = generate(replace(shape, rate=rate) if rate else shape, duration, seed)
     with Procs(log_dir=out / scenario / name, grace_s=10) as procs:
         urls = start_replicas(procs, REPLICAS[scenario])
         for i, url in enumerate(urls):
@@ -354,12 +356,12 @@ def overload_table(runs: list[dict[str, Any]], calm_s: float) -> str:
 
 async def run(
     scenario: str, names: list[str], duration: float, seed: int, out: Path,
-    binaries: dict[str, str],
+    binaries: dict[str, str], rate: float | None,
 ) -> list[dict[str, Any]]:  # fmt: skip
     runs = []
     for name in names:
         print(f"{scenario}: {name}", file=sys.stderr, flush=True)
-        result = await run_contestant(scenario, name, duration, seed, out, binaries)
+        result = await run_contestant(scenario, name, duration, seed, out, binaries, rate)
         s = summarize(result)
         print(f"  {s['requests']} turns, errors {s['errors']}, TTFT p90 {ms(s['ttft_p90'])} ms,"
               f" {s['tokens_per_s']:.0f} tok/s, hits {100 * s['hit_rate']:.0f} %",
@@ -375,7 +377,7 @@ def render(scenario: str, runs: list[dict[str, Any]]) -> str:
 
 
 def main(scenario: str, duration: float, seed: int, contestants: str | None, out: Path,
-         haproxy: str | None) -> list[dict[str, Any]]:  # fmt: skip
+         haproxy: str | None, rate: float | None = None) -> list[dict[str, Any]]:  # fmt: skip
     names = contestants.split(",") if contestants else list(CONTESTANTS)
     unknown = sorted(set(names) - set(CONTESTANTS))
     if unknown:
@@ -384,4 +386,4 @@ def main(scenario: str, duration: float, seed: int, contestants: str | None, out
     if haproxy:
         binaries["haproxy"] = haproxy
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    return asyncio.run(run(scenario, names, duration, seed, out, binaries))
+    return asyncio.run(run(scenario, names, duration, seed, out, binaries, rate))

@@ -80,7 +80,7 @@ RAG = Shape(
     answer_max=64,
 )  # fmt: skip
 OVERLOAD = Shape(
-    rate=16.0, systems=2, system_words=(100, 200), mean_turns=1.0, max_turns=1,
+    rate=24.0, systems=2, system_words=(100, 200), mean_turns=1.0, max_turns=1,
     user_median=60.0, answer_median=48.0, answer_max=128,
     tenants=(("flood", 0.65), ("t1", 0.0875), ("t2", 0.0875), ("t3", 0.0875), ("t4", 0.0875)),
     priorities=(("critical", 0.1), ("standard", 0.5), ("sheddable", 0.4)),

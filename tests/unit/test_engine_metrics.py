@@ -3,9 +3,11 @@ over labels, junk passed over."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from gateway.dataplane.engine_metrics import parse
+from gateway.dataplane.engine_metrics import MAX_LINE, MAX_SAMPLES, parse
 from gateway.dataplane.replica import EngineLoad
 
 VLLM = """# HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -40,9 +42,23 @@ sglang:cache_hit_rate{model_name="qwen"} 0.9
     ],
 )  # fmt: skip
 def test_parse(text: str, expected: EngineLoad | None) -> None:
-    got = parse(text, at=1.0)
+    got = parse(text.encode(), at=1.0)
     if expected is None or got is None:
         assert got == expected
     else:
         assert (got.running, got.waiting, got.at) == (expected.running, expected.waiting, 1.0)
         assert got.kv_usage == pytest.approx(expected.kv_usage)
+
+
+def test_a_huge_body_costs_a_scan_and_is_bounded() -> None:
+    junk = b"vllm:junk 1\n" * 350_000 + b"vllm:num_requests_running 2\n"  # 4 MiB
+    started = time.perf_counter()
+    got = parse(junk, at=0.0)
+    assert got is not None and got.running == 2
+    assert time.perf_counter() - started < 0.1  # a scan, not a Python step per line
+    many = b"vllm:num_requests_running 1\n" * 10_000
+    got = parse(many, at=0.0)
+    assert got is not None and got.running == MAX_SAMPLES
+    long = b"vllm:num_requests_running{" + b"a" * MAX_LINE + b"} 5\n"
+    assert parse(long, at=0.0) is None
+    assert parse(b"vllm:num_requests_running_total 5\n", at=0.0) is None  # another name

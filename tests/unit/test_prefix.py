@@ -105,9 +105,9 @@ HISTORY = chat("tell me about " * 30, "sure " * 60)
     [
         ((0, 0, 0), "b", "b", "the replica with the conversation's prefix"),
         ((0, 1, 0), "b", "b", "a little busier, within the band: the prefix wins"),
-        ((0, 3, 0), "b", "a", "past 1.25 x 0 + 2: the load guard"),
-        ((8, 12, 8), "b", "b", "1.25 x 8 + 2 = 12: still in the band"),
-        ((8, 13, 8), "b", "a", "13: out of it"),
+        ((0, 17, 0), "b", "a", "past 1.5 x 0 + 16: the load guard"),
+        ((8, 28, 8), "b", "b", "1.5 x 8 + 16 = 28: still in the band"),
+        ((8, 29, 8), "b", "a", "29: out of it"),
         ((2, 0, 1), None, "b", "nothing matches: the least loaded"),
     ],
 )
@@ -143,11 +143,11 @@ def test_matches_close_to_the_best_tie_and_load_decides() -> None:
     p, (a, b) = policy(), pool(1, 0)
     blocks = tuple(range(100))
     p.index.record("a", blocks[:60])
-    p.index.record("b", blocks[:55])  # within 10 % of the prompt of a's match
+    p.index.record("b", blocks[:59])  # within 2 blocks of a's match: a tie
     assert p.pick([a, b], prompt=blocks) is b
     p = policy()
     p.index.record("a", blocks[:80])
-    p.index.record("b", blocks[:55])
+    p.index.record("b", blocks[:77])
     assert p.pick([a, b], prompt=blocks) is a
 
 
