@@ -10,11 +10,18 @@ from __future__ import annotations
 
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 MAX_REPLICAS = 1000  # per pool: past this a typo (or a hostile scale call) would start them
 # dataplane.policies has one policy for each name (a test checks it): the config, which
@@ -60,8 +67,17 @@ class Admin(_Model):
     token_file: str | None = None
 
 
+def _absolute(v: str) -> str:
+    if not v.startswith("/"):
+        raise ValueError("must start with '/'")
+    return v
+
+
+AbsolutePath = Annotated[str, AfterValidator(_absolute)]
+
+
 class Route(_Model):
-    path: str
+    path: AbsolutePath
     pool: str
     # OpenAI API routes: requests whose JSON body's ``model`` is this (or an alias) go to
     # ``pool``; a route with the same path and no model takes the others
@@ -73,13 +89,6 @@ class Route(_Model):
     @property
     def models(self) -> tuple[str, ...]:
         return (self.model, *self.aliases) if self.model else ()
-
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, v: str) -> str:
-        if not v.startswith("/"):
-            raise ValueError("must start with '/'")
-        return v
 
 
 class Queue(_Model):
@@ -164,16 +173,9 @@ class EngineMetrics(_Model):
     or SGLang names) for the policies; off by default, since a ``/predict`` server has none."""
 
     enabled: bool = False
-    path: str = "/metrics"
+    path: AbsolutePath = "/metrics"
     interval_s: float = Field(0.25, gt=0)
     timeout_s: float = Field(1.0, gt=0)
-
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, v: str) -> str:
-        if not v.startswith("/"):
-            raise ValueError("must start with '/'")
-        return v
 
 
 class Pool(_Model):

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.dataplane.prefix import DEFAULT_CAPACITY, PrefixIndex
-from gateway.dataplane.replica import ENGINE_FRESH_S, Replica, engine_queues
+from gateway.dataplane.replica import Replica, engine_queues, fresh_engine
 
 Clock = Callable[[], float]
 
@@ -144,6 +144,12 @@ def _inflight(replica: Replica) -> float:
     return replica.inflight
 
 
+def _full_frees_sooner(chosen: Replica, full: Sequence[Replica], ahead: int) -> bool:
+    """Has a full replica fewer requests in flight than ``chosen``, counting the queue
+    ``ahead`` spread over the full ones? Then waiting for it beats piling onto ``chosen``."""
+    return bool(full) and min(r.inflight for r in full) + ahead / len(full) < chosen.inflight
+
+
 class _Stateless:
     """Shared constructor and no-op hooks for policies that only look at ``inflight``."""
 
@@ -212,9 +218,7 @@ class LeastConnections(_Stateless):
         if not candidates:
             return None
         chosen = _full_scan(candidates, _inflight, self.turns)
-        if full and min(r.inflight for r in full) + ahead / len(full) < chosen.inflight:
-            return None
-        return chosen
+        return None if _full_frees_sooner(chosen, full, ahead) else chosen
 
 
 class PowerOfTwoChoices(_Stateless):
@@ -426,7 +430,7 @@ class PrefixAffinity:
 
     * **Load** is what the gateway has in flight on a replica, or what the engine says it
       holds (running + waiting, from its scraped ``/metrics``, ``Replica.engine``) when
-      that is more and no older than ``ENGINE_FRESH_S``: other clients may share it.
+      that is more and no older than ``replica.ENGINE_FRESH_S``: other clients may share it.
     * **Load guard.** A replica whose engine queues requests (waiting > 0) is passed
       over while another has none; and only replicas within ``BALANCE`` x the least
       load + ``SLACK`` are considered at all, so a hot prefix (one popular system prompt)
@@ -447,8 +451,8 @@ class PrefixAffinity:
         self.turns = _Rotation(rng)
 
     def load(self, replica: Replica, now: float) -> float:
-        engine = replica.engine
-        if engine is None or now - engine.at > ENGINE_FRESH_S:
+        engine = fresh_engine(replica, now)
+        if engine is None:
             return replica.inflight
         return max(replica.inflight, engine.running + engine.waiting)
 
@@ -472,8 +476,8 @@ class PrefixAffinity:
             if best >= max(MIN_MATCH_BLOCKS, MIN_MATCH * len(prompt)):
                 band = [r for r in band if matched[r.id] >= best - MATCH_TIE]
         chosen = _full_scan(band, lambda r: loads[r.id], self.turns)
-        if full and min(r.inflight for r in full) + ahead / len(full) < chosen.inflight:
-            return None  # as least-connections: a full replica frees up sooner
+        if _full_frees_sooner(chosen, full, ahead):
+            return None
         self.index.record(chosen.id, prompt)
         return chosen
 

@@ -30,10 +30,16 @@ class EngineLoad:
 ENGINE_FRESH_S = 1.0  # an engine's figures older than this are not acted on
 
 
+def fresh_engine(replica: Replica, now: float) -> EngineLoad | None:
+    """The replica's engine figures, if they are recent enough to act on."""
+    e = replica.engine
+    return e if e is not None and now - e.at <= ENGINE_FRESH_S else None
+
+
 def engine_queues(replica: Replica, now: float) -> bool:
     """Does the replica's engine say, lately, that it queues requests it cannot run yet?"""
-    e = replica.engine
-    return e is not None and e.waiting > 0 and now - e.at <= ENGINE_FRESH_S
+    e = fresh_engine(replica, now)
+    return e is not None and e.waiting > 0
 
 
 @dataclass(eq=False, slots=True)
