@@ -9,7 +9,10 @@ and the budget for backup attempts, which take a free slot or none (``try_hedge`
 
 Invariants:
 * a replica whose engine says it queues (engine signals, fresh) takes nothing more while
-  the gateway has a request on it: beyond the engine's own slots, requests wait here;
+  the gateway has a request on it, nor more than its engine's batch as learnt
+  (``replica.learn_batch``): beyond the engine's own slots, requests wait here;
+* while critical requests come, the lower classes leave the pool's reserve free
+  (``reserve.py``): a critical request finds a slot on arrival, not at the next release;
 * a replica's ``inflight`` never exceeds its ``cap``: its learnt concurrency limit
   (``limits.py``) under the configured ``max_inflight_per_replica``, or that number
   itself with ``concurrency_limit: fixed``. The cap is hard: above it, requests wait
@@ -30,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from gateway import config
@@ -38,9 +41,16 @@ from gateway.dataplane.health import HealthRules
 from gateway.dataplane.hedging import Window, hedge_delay
 from gateway.dataplane.limits import ConcurrencyLimit
 from gateway.dataplane.policies import Policy
-from gateway.dataplane.priority import SHEDDABLE
+from gateway.dataplane.priority import CRITICAL, SHEDDABLE
 from gateway.dataplane.queue import PLAIN, Ask, SlotQueue
-from gateway.dataplane.replica import Replica, engine_queues
+from gateway.dataplane.replica import (
+    ENGINE_BATCH_S,
+    Replica,
+    engine_queues,
+    fresh_engine,
+    learn_batch,
+)
+from gateway.dataplane.reserve import Reserve
 from gateway.dataplane.retry import RetryBudget
 from gateway.recorder import NULL_RECORDER, Recorder
 
@@ -92,8 +102,9 @@ class Pool:
         self.hedge_budget = RetryBudget(clock, min_per_s=HEDGE_RESERVE_PER_S)
         self._heads = Window()  # the pool's recent response heads: its hedge delay
         self._limits: dict[str, ConcurrencyLimit] = {}  # replica id -> learnt limit
+        self._reserve = Reserve()  # slots the lower classes leave free for critical ones
         self._queue = SlotQueue(
-            lambda exclude, prompt: self._pick(exclude, prompt=prompt), self._start, self.abandon
+            lambda exclude, ask: self._pick(exclude, ask=ask), self._start, self.abandon
         )
         self.apply(settings)
 
@@ -207,7 +218,9 @@ class Pool:
         which order the queue. A sheddable request is refused (429) when
         ``queue.sheddable_max_waiting`` requests wait already; a full queue sheds a
         waiter to let a request in where ``SlotQueue.make_room`` allows it."""
-        replica = self._pick(exclude, len(self._queue), prompt=ask.prompt)
+        if ask.rank == CRITICAL and not exclude:
+            self._reserve.critical.add(self.clock())
+        replica = self._pick(exclude, len(self._queue), ask=ask)
         if replica is not None:
             self._start(replica)
             return replica
@@ -246,8 +259,11 @@ class Pool:
         """What a waiter shed to make room gets (its request counts it as rejected)."""
         return self._refusal("shed", ask)
 
-    def engine_read(self) -> None:
-        """New engine figures came in: an engine that stopped queueing may take a waiter."""
+    def engine_read(self, replica: Replica) -> None:
+        """New engine figures came in for ``replica``: learn its batch size from them; an
+        engine that stopped queueing may take a waiter."""
+        if replica.engine is not None:
+            replica.engine_batch = learn_batch(replica.engine_batch, replica.engine)
         self._queue.dispatch()
 
     def release(
@@ -361,6 +377,7 @@ class Pool:
     def _free(self, replica: Replica) -> None:
         """One slot less in use; a draining replica that has none left is drained."""
         replica.inflight -= 1
+        self._reserve.freed.add(self.clock())
         if replica.draining and not replica.inflight:
             self._drained(replica)
 
@@ -383,24 +400,41 @@ class Pool:
         exclude: frozenset[str],
         ahead: int = 0,
         idle_only: bool = False,
-        prompt: Sequence[int] = (),
+        ask: Ask = PLAIN,
     ) -> Replica | None:
         """The policy's choice among the routable replicas outside ``exclude`` that have
         a free slot (``idle_only``: one under its sure slots, not only under its cap),
-        told which are full and how many requests wait ``ahead``."""
+        told which are full and how many requests wait ``ahead``. A request below the
+        critical class gets none that would leave fewer free than the reserve."""
         now = self.clock()
         live = [r for r in self.replicas.values() if not r.draining]
         routable = [r for r in live if r.health.routable(now)] or live  # fail open
         candidates: list[Replica] = []
         full: list[Replica] = []
+        slots = free = 0.0
         for r in routable:
+            room = self._room(r, now, idle_only)
+            # an engine that says it queues is full too, if some of that is ours: the
+            # request waits here, where its class and tenant order it, not in there
+            busy = r.inflight >= room or (r.inflight > 0 and engine_queues(r, now))
+            slots += room
+            free += 0 if busy else room - r.inflight
             if r.id not in exclude:
-                room = r.sure_slots if idle_only else r.cap
-                # an engine that says it queues is full too, if some of that is ours: the
-                # request waits here, where its class and tenant order it, not in there
-                busy = r.inflight >= room or (r.inflight > 0 and engine_queues(r, now))
                 (full if busy else candidates).append(r)
-        return self.policy.pick(candidates, full, ahead, prompt) if candidates else None
+        if not candidates:
+            return None
+        if ask.rank != CRITICAL and free <= self._reserve.slots(now, math.floor(slots)):
+            return None
+        return self.policy.pick(candidates, full, ahead, ask.prompt)
+
+    def _room(self, replica: Replica, now: float, idle_only: bool) -> float:
+        """How many requests ``replica`` may have in flight: its cap (its sure slots for
+        ``idle_only``), and no more than its engine's batch where that is known."""
+        room = replica.sure_slots if idle_only else float(replica.cap)
+        batch = replica.engine_batch
+        if batch is not None and now - batch.at <= ENGINE_BATCH_S and fresh_engine(replica, now):
+            room = min(room, batch.size)
+        return room
 
     def _start(self, replica: Replica) -> None:
         replica.inflight += 1

@@ -50,7 +50,7 @@ class _Waiter:
 class SlotQueue:
     def __init__(
         self,
-        pick: Callable[[frozenset[str], Sequence[int]], Replica | None],
+        pick: Callable[[frozenset[str], Ask], Replica | None],
         take: Callable[[Replica], None],
         give_back: Callable[[Replica], None],
     ) -> None:
@@ -92,11 +92,11 @@ class SlotQueue:
             for waiter in self._in_turn():
                 if waiter.future.done():
                     continue
-                replica = self._pick(waiter.exclude, waiter.ask.prompt)
+                replica = self._pick(waiter.exclude, waiter.ask)
                 if replica is not None:
                     break
                 if not waiter.exclude:
-                    return  # no free slot for anyone
+                    return  # none for it, nor for anyone after it (same or lower class)
             else:
                 return
             self._remove(waiter, served=True)

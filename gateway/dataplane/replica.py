@@ -4,7 +4,8 @@ A replica is plain state. The pool owns the set of replicas and is the only writ
 ``inflight``, ``draining``, ``cap`` and ``slots`` (its concurrency limit, learnt or
 configured, and the concurrency it was learnt from) and ``probing`` (an attempt outrun
 by a hedge runs on: at most one per replica); ``engine`` is the replica's own account of
-its load, written only by the engine-signal scraper (None: not scraped, or not yet);
+its load, written only by the engine-signal scraper (None: not scraped, or not yet),
+and ``engine_batch`` what the pool learnt from it;
 health tracking lives in ``health.ReplicaHealth`` and routing state lives inside each
 policy, keyed by replica id, so a replica carries no behaviour.
 """
@@ -42,6 +43,34 @@ def engine_queues(replica: Replica, now: float) -> bool:
     return e is not None and e.waiting > 0
 
 
+ENGINE_BATCH_S = 30.0  # an engine's batch size, as learnt, is kept this long unrenewed
+
+
+@dataclass(frozen=True, slots=True)
+class EngineBatch:
+    """The most sequences an engine was seen to run while it also queued (at ``at``):
+    its batch size, ``max_num_seqs`` or what its KV cache holds. The engine's metrics do
+    not say it; more sent there would wait inside it, first come first served."""
+
+    size: int
+    at: float
+
+
+def learn_batch(known: EngineBatch | None, load: EngineLoad) -> EngineBatch | None:
+    """The batch size after a new read: a read that queues sets it, unless it ran fewer
+    than a batch seen within ``ENGINE_BATCH_S`` (a dip, e.g. a few long prompts filling
+    the KV cache); a read that runs more than it without queueing raises it."""
+    if known is not None and load.at - known.at > ENGINE_BATCH_S:
+        known = None
+    running = int(load.running)
+    if running >= 1 and (
+        (load.waiting > 0 and (known is None or running >= known.size))
+        or (known is not None and running > known.size)
+    ):
+        return EngineBatch(running, load.at)
+    return known
+
+
 @dataclass(eq=False, slots=True)
 class Replica:
     id: str
@@ -54,6 +83,7 @@ class Replica:
     probing: bool = False
     health: ReplicaHealth = field(default_factory=ReplicaHealth)
     engine: EngineLoad | None = None
+    engine_batch: EngineBatch | None = None  # learnt from ``engine`` by the pool
     host: str = field(init=False)  # from url, parsed once: the proxy connects to these
     port: int = field(init=False)
     address: tuple[str, int] = field(init=False)  # (host, port)

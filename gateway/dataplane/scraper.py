@@ -61,7 +61,7 @@ class EngineScraper:
             load = await self._read(replica, settings.path, settings.timeout_s)
             if load is not None:
                 replica.engine, failures = load, 0
-                self.pool.engine_read()
+                self.pool.engine_read(replica)
             else:
                 failures += 1
                 if failures >= STALE_READS:
