@@ -35,7 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.control.drivers import free_port
 from load.bench.contestants import Limits, haproxy_config
-from load.bench.llm_workload import SHAPES, Conversation, generate
+from load.bench.llm_workload import FLOOD, SHAPES, Conversation, generate
 from load.procs import Procs, python, wait_for_url, write_config
 
 NAMES = tuple(SHAPES)
@@ -244,10 +244,13 @@ def start_replicas(procs: Procs, r: Replicas) -> list[str]:
 
 async def run_contestant(
     scenario: str, name: str, duration: float, seed: int, out: Path, binaries: dict[str, str],
-    rate: float | None = None,
+    rate: float | None = None, unflooded: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
+    """One contestant's run; ``unflooded``: the same workload less the flood's turns."""
     shape = SHAPES[scenario]
     conversations = generate(replace(shape, rate=rate) if rate else shape, duration, seed)
+    if unflooded:
+        conversations = [c for c in conversations if c.tenant != FLOOD]
     with Procs(log_dir=out / scenario / name, grace_s=10) as procs:
         urls = start_replicas(procs, REPLICAS[scenario])
         for i, url in enumerate(urls):
@@ -330,26 +333,34 @@ def subset(run: dict[str, Any], keep: Any) -> dict[str, Any]:
 
 
 def overload_table(runs: list[dict[str, Any]], calm_s: float) -> str:
-    """Per class and tenant: TTFT p99 calm (before ``calm_s``) and loaded, and refusals."""
+    """Per class: TTFT p99 calm (before ``calm_s``) and loaded, and refusals; the other
+    tenants' standard p99 with the flood and without it (the same arrivals less the
+    flood's, ``unflooded``), and their ratio: what the flood cost them."""
     lines = [
         "| contestant | critical p99 calm / loaded ms | standard p99 ms | sheddable p99 ms "
-        "| 429 critical / standard / sheddable | failed | p99 ms t1-t4 / flood |",
-        "|---|---|---:|---:|---|---:|---|",
+        "| 429 critical / standard / sheddable | failed | output tok/s "
+        "| others' standard p99 flood / none ms |",
+        "|---|---|---:|---:|---|---:|---:|---|",
     ]  # fmt: skip
     for run in runs:
 
         def loaded(cls: str, run: dict[str, Any] = run) -> dict[str, Any]:
             return subset(run, lambda a: a["priority"] == cls and a["start_s"] >= calm_s)
 
+        def others(a: dict[str, Any]) -> bool:
+            return bool(a["tenant"] != FLOOD and a["priority"] == "standard"
+                        and a["start_s"] >= calm_s)  # fmt: skip
+
         calm = subset(run, lambda a: a["priority"] == "critical" and a["start_s"] < calm_s)
         crit, std, shed = loaded("critical"), loaded("standard"), loaded("sheddable")
-        others = subset(run, lambda a: a["tenant"] != "flood" and a["start_s"] >= calm_s)
-        flood = subset(run, lambda a: a["tenant"] == "flood" and a["start_s"] >= calm_s)
+        flooded = subset(run, others)["ttft_p99"]
+        quiet = subset({**run, "answers": run.get("unflooded", [])}, others)["ttft_p99"]
+        ratio = f" ({flooded / quiet:.1f}x)" if flooded and quiet else ""
         lines.append(
             f"| {run['contestant']} | {ms(calm['ttft_p99'])} / {ms(crit['ttft_p99'])} | "
             f"{ms(std['ttft_p99'])} | {ms(shed['ttft_p99'])} | "
             f"{crit['shed']} / {std['shed']} / {shed['shed']} | {summarize(run)['errors']} | "
-            f"{ms(others['ttft_p99'])} / {ms(flood['ttft_p99'])} |"
+            f"{summarize(run)['tokens_per_s']:.0f} | {ms(flooded)} / {ms(quiet)}{ratio} |"
         )
     return "\n".join(lines)
 
@@ -362,6 +373,12 @@ async def run(
     for name in names:
         print(f"{scenario}: {name}", file=sys.stderr, flush=True)
         result = await run_contestant(scenario, name, duration, seed, out, binaries, rate)
+        if scenario == "llm-overload":  # the other tenants' figures with no flood to compare
+            print(f"{scenario}: {name}, without the flood", file=sys.stderr, flush=True)
+            quiet = await run_contestant(
+                scenario, name, duration, seed, out / "unflooded", binaries, rate, unflooded=True
+            )
+            result["unflooded"] = quiet["answers"]
         s = summarize(result)
         print(f"  {s['requests']} turns, errors {s['errors']}, TTFT p90 {ms(s['ttft_p90'])} ms,"
               f" {s['tokens_per_s']:.0f} tok/s, hits {100 * s['hit_rate']:.0f} %",

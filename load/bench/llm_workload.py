@@ -79,10 +79,11 @@ RAG = Shape(
     user_median=20.0, user_sigma=0.4, user_max=60, answer_median=24.0, answer_sigma=0.4,
     answer_max=64,
 )  # fmt: skip
+FLOOD = "flood"  # llm-overload's flooding tenant
 OVERLOAD = Shape(
     rate=24.0, systems=2, system_words=(100, 200), mean_turns=1.0, max_turns=1,
     user_median=60.0, answer_median=48.0, answer_max=128,
-    tenants=(("flood", 0.65), ("t1", 0.0875), ("t2", 0.0875), ("t3", 0.0875), ("t4", 0.0875)),
+    tenants=((FLOOD, 0.65), ("t1", 0.0875), ("t2", 0.0875), ("t3", 0.0875), ("t4", 0.0875)),
     priorities=(("critical", 0.1), ("standard", 0.5), ("sheddable", 0.4)),
     calm_s=8.0, calm_rate=2.0,
 )  # fmt: skip

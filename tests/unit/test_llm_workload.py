@@ -6,8 +6,8 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 
-from load.bench.llm import summarize
-from load.bench.llm_workload import CHAT, OVERLOAD, RAG, generate
+from load.bench.llm import overload_table, summarize
+from load.bench.llm_workload import CHAT, FLOOD, OVERLOAD, RAG, generate
 
 
 def test_the_same_seed_gives_the_same_conversations() -> None:
@@ -60,3 +60,18 @@ def test_the_summary_of_a_run() -> None:
     assert (s["requests"], s["errors"], s["shed"]) == (4, 1, 1)
     assert s["ttft_p50"] == 300 and s["itl_p99"] == 30 and s["tokens_per_s"] == 20
     assert s["hit_rate"] == 0.25 and s["prompt_share"] == [75, 25]
+
+
+def test_the_overload_table_compares_the_others_with_and_without_the_flood() -> None:
+    def answer(tenant: str, ttft: float, start: float = 10.0, priority: str = "standard") -> dict:  # type: ignore[type-arg]
+        return {"start_s": start, "tenant": tenant, "priority": priority, "status": 200,
+                "ttft_s": ttft, "gaps_s": [], "tokens": 1}  # fmt: skip
+
+    run = {
+        "contestant": "c", "wall_s": 1.0, "replicas": [{"prompt": 1, "queries": 1, "hits": 0}],
+        "answers": [answer("t1", 0.4), answer(FLOOD, 9.0), answer("t1", 0.01, start=1.0),
+                    answer("t2", 0.02, priority="critical")],
+        "unflooded": [answer("t1", 0.1), answer("t1", 0.01, start=1.0)],
+    }  # fmt: skip
+    row = overload_table([run], calm_s=8.0).splitlines()[-1]
+    assert row.endswith("| 400 / 100 (4.0x) |")  # the flood's own and calm turns left out
