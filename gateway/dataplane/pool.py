@@ -45,6 +45,7 @@ from gateway.dataplane.priority import CRITICAL, SHEDDABLE
 from gateway.dataplane.queue import PLAIN, Ask, SlotQueue
 from gateway.dataplane.replica import (
     ENGINE_BATCH_S,
+    EngineLoad,
     Replica,
     engine_queues,
     fresh_engine,
@@ -259,11 +260,11 @@ class Pool:
         """What a waiter shed to make room gets (its request counts it as rejected)."""
         return self._refusal("shed", ask)
 
-    def engine_read(self, replica: Replica) -> None:
-        """New engine figures came in for ``replica``: learn its batch size from them; an
-        engine that stopped queueing may take a waiter."""
+    def engine_read(self, replica: Replica, before: EngineLoad | None) -> None:
+        """New engine figures came in for ``replica`` (``before``: the ones they replace):
+        learn its batch size from them; an engine that stopped queueing may take a waiter."""
         if replica.engine is not None:
-            replica.engine_batch = learn_batch(replica.engine_batch, replica.engine)
+            replica.engine_batch = learn_batch(replica.engine_batch, before, replica.engine)
         self._queue.dispatch()
 
     def release(

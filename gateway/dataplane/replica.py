@@ -44,27 +44,40 @@ def engine_queues(replica: Replica, now: float) -> bool:
 
 
 ENGINE_BATCH_S = 30.0  # an engine's batch size, as learnt, is kept this long unrenewed
+SLOTS_KV = 0.5  # an engine that queues with less of its KV cache in use lacks batch slots
 
 
 @dataclass(frozen=True, slots=True)
 class EngineBatch:
-    """The most sequences an engine was seen to run while it also queued (at ``at``):
-    its batch size, ``max_num_seqs`` or what its KV cache holds. The engine's metrics do
-    not say it; more sent there would wait inside it, first come first served."""
+    """The most sequences an engine was seen to run while it also queued for want of a
+    batch slot (at ``at``): its ``max_num_seqs``, which its metrics do not say; more
+    sent there would wait inside it, first come first served. Queueing with half its KV
+    cache or more in use may be for memory, which teaches nothing: how many fit depends
+    on the prompts' lengths."""
 
     size: int
     at: float
 
 
-def learn_batch(known: EngineBatch | None, load: EngineLoad) -> EngineBatch | None:
-    """The batch size after a new read: a read that queues sets it, unless it ran fewer
-    than a batch seen within ``ENGINE_BATCH_S`` (a dip, e.g. a few long prompts filling
-    the KV cache); a read that runs more than it without queueing raises it."""
+def learn_batch(
+    known: EngineBatch | None, before: EngineLoad | None, load: EngineLoad
+) -> EngineBatch | None:
+    """The batch size after a new read ``load`` (``before``: the read before it): two
+    reads in a row that queue, the KV cache mostly free, set it (a request that arrived
+    during a step waits for the next one: one read says nothing), unless the engine ran
+    fewer than a batch seen within ``ENGINE_BATCH_S`` (a dip); a read that runs more
+    than it raises it."""
     if known is not None and load.at - known.at > ENGINE_BATCH_S:
         known = None
     running = int(load.running)
+    short_of_slots = (
+        before is not None
+        and before.waiting > 0
+        and load.waiting > 0
+        and (load.kv_usage is None or load.kv_usage < SLOTS_KV)
+    )
     if running >= 1 and (
-        (load.waiting > 0 and (known is None or running >= known.size))
+        (short_of_slots and (known is None or running >= known.size))
         or (known is not None and running > known.size)
     ):
         return EngineBatch(running, load.at)

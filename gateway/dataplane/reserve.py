@@ -56,8 +56,10 @@ class Reserve:
     def slots(self, now: float, pool_slots: int) -> int:
         """How many of the pool's ``pool_slots`` a non-critical request must leave free."""
         last = self.critical.last
+        if last is None or now - last > QUIET_S:
+            return 0
         most = math.floor(pool_slots * MAX_SHARE)
-        if last is None or now - last > QUIET_S or most == 0:
+        if most == 0:
             return 0
         mu = self.freed.per_s(now)
         if mu <= 0.0:

@@ -60,8 +60,8 @@ class EngineScraper:
             settings = self.pool.settings.engine_metrics
             load = await self._read(replica, settings.path, settings.timeout_s)
             if load is not None:
-                replica.engine, failures = load, 0
-                self.pool.engine_read(replica)
+                before, replica.engine, failures = replica.engine, load, 0
+                self.pool.engine_read(replica, before)
             else:
                 failures += 1
                 if failures >= STALE_READS:

@@ -68,23 +68,31 @@ def test_a_first_critical_request_before_any_slot_freed_reserves_one() -> None:
     assert reserve.slots(0.0, 8) == 1
 
 
+QUEUED = EngineLoad(2, 1, None, 0.75)  # the read before: the engine queued then too
+
+
 @pytest.mark.parametrize(
-    ("known", "load", "expected"),
+    ("known", "before", "load", "expected"),
     [
-        (None, EngineLoad(2, 0, None, 1.0), None),  # not queueing: its batch says nothing
-        (None, EngineLoad(2, 3, None, 1.0), EngineBatch(2, 1.0)),  # queueing at 2: the batch
-        (EngineBatch(8, 0.0), EngineLoad(5, 1, None, 1.0), EngineBatch(8, 0.0)),  # a dip
-        (EngineBatch(8, 0.0), EngineLoad(8, 1, None, 1.0), EngineBatch(8, 1.0)),  # renewed
-        (EngineBatch(8, 0.0), EngineLoad(9, 0, None, 1.0), EngineBatch(9, 1.0)),  # ran more
-        (EngineBatch(8, 0.0), EngineLoad(5, 1, None, 31.0), EngineBatch(5, 31.0)),  # aged out
-        (EngineBatch(8, 0.0), EngineLoad(0, 0, None, 31.0), None),  # aged out, idle
-        (None, EngineLoad(0, 4, None, 1.0), None),  # nothing running: no batch to learn
+        (None, QUEUED, EngineLoad(2, 0, None, 1.0), None),  # not queueing: says nothing
+        (None, QUEUED, EngineLoad(2, 3, None, 1.0), EngineBatch(2, 1.0)),  # queueing at 2
+        (None, None, EngineLoad(2, 3, None, 1.0), None),  # a first read: maybe mid-step
+        (None, EngineLoad(2, 0, None, 0.75), EngineLoad(2, 3, None, 1.0), None),  # mid-step
+        (EngineBatch(8, 0.0), QUEUED, EngineLoad(5, 1, None, 1.0), EngineBatch(8, 0.0)),  # dip
+        (EngineBatch(8, 0.0), QUEUED, EngineLoad(8, 1, None, 1.0), EngineBatch(8, 1.0)),
+        (EngineBatch(8, 0.0), None, EngineLoad(9, 0, None, 1.0), EngineBatch(9, 1.0)),  # more
+        (EngineBatch(8, 0.0), QUEUED, EngineLoad(5, 1, None, 31.0), EngineBatch(5, 31.0)),
+        (EngineBatch(8, 0.0), QUEUED, EngineLoad(0, 0, None, 31.0), None),  # aged out, idle
+        (None, QUEUED, EngineLoad(0, 4, None, 1.0), None),  # nothing running: no batch
+        (None, QUEUED, EngineLoad(9, 4, 0.6, 1.0), None),  # queueing for memory, maybe
+        (None, QUEUED, EngineLoad(2, 4, 0.3, 1.0), EngineBatch(2, 1.0)),
     ],
 )
 def test_an_engine_s_batch_is_learnt_from_reads_that_queue(
-    known: EngineBatch | None, load: EngineLoad, expected: EngineBatch | None
-) -> None:
-    assert learn_batch(known, load) == expected
+    known: EngineBatch | None, before: EngineLoad | None, load: EngineLoad,
+    expected: EngineBatch | None,
+) -> None:  # fmt: skip
+    assert learn_batch(known, before, load) == expected
 
 
 def pool_of(n: int, cap: int) -> tuple[Pool, list[Replica], Clock]:
@@ -121,10 +129,11 @@ async def test_lower_classes_leave_the_reserve_to_critical_requests() -> None:
 
 async def test_a_replica_takes_no_more_than_its_engine_s_batch() -> None:
     pool, (r0, r1), clock = pool_of(2, 8)
-    r0.engine = EngineLoad(running=2, waiting=1, kv_usage=None, at=clock())
-    pool.engine_read(r0)  # it queued at 2: its batch is 2
-    r0.engine = EngineLoad(running=2, waiting=0, kv_usage=None, at=clock())
-    pool.engine_read(r0)  # no longer queueing, but its batch is still 2
+    for _ in range(2):  # it queued at 2, two reads in a row: its batch is 2
+        before, r0.engine = r0.engine, EngineLoad(running=2, waiting=1, kv_usage=None, at=clock())
+        pool.engine_read(r0, before)
+    before, r0.engine = r0.engine, EngineLoad(running=2, waiting=0, kv_usage=None, at=clock())
+    pool.engine_read(r0, before)  # no longer queueing, but its batch is still 2
     got = [await pool.acquire() for _ in range(4)]
     assert got.count(r0) == 2 and got.count(r1) == 2  # FirstPolicy: r0 until it is full
     r0.engine = None  # engine signals gone stale: the cap alone again
