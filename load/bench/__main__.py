@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             results.append(result)
         else:
-            print(f"\n## {name}: {result['about']}\n\n{text}\n\nfigure: {figure}", flush=True)
+            drawn = f"\n\nfigure: {figure}" if figure.exists() else ""  # none for llm-*
+            print(f"\n## {name}: {result['about']}\n\n{text}{drawn}", flush=True)
     if args.json:
         sys.stdout.buffer.write(orjson.dumps(results) + b"\n")
     return 1 if leftovers else 0
