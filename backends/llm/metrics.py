@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 
-from backends.llm.engine import Engine, Sequence
+from backends.llm.engine import BLOCK_TOKENS, Engine, Sequence
 
 if TYPE_CHECKING:
     from backends.llm.replica import LlmReplica
@@ -38,6 +38,10 @@ class Metrics:
         gauge("llm_replica_accelerator_memory_bytes", "Accelerator memory held (sim)",
               replica.accelerator_bytes)  # fmt: skip
         r.register(_PrefixCache(model, engine))
+        info = ["block_size", "num_gpu_blocks"]  # vLLM's cache config, as labels of a 1
+        Gauge("vllm:cache_config_info", "KV cache configuration", info, registry=r).labels(
+            str(BLOCK_TOKENS), str(engine.cache.num_blocks)
+        ).set(1)
         self._prompt = Counter(
             "vllm:prompt_tokens", "Prompt tokens, finished requests", names, registry=r
         )

@@ -439,8 +439,9 @@ class PrefixAffinity:
       ``MIN_MATCH_BLOCKS``) counts for nothing; matches within ``MATCH_TIE`` blocks of
       the best one tie, and load decides among them (then turns): a shared system prompt
       that every replica holds sends no one anywhere in particular.
-    * Every prompt sent is recorded in the chosen replica's index; a replica that leaves
-      is forgotten with its index. A request without a prompt is routed by load alone.
+    * Every prompt sent is recorded in the chosen replica's index, which holds no more
+      than the engine's KV cache does where it says; a replica that leaves is forgotten
+      with its index. A request without a prompt is routed by load alone.
     """
 
     reads_prompt = True
@@ -478,7 +479,8 @@ class PrefixAffinity:
         chosen = _full_scan(band, lambda r: loads[r.id], self.turns)
         if _full_frees_sooner(chosen, full, ahead):
             return None
-        self.index.record(chosen.id, prompt)
+        kv_tokens = chosen.engine.kv_tokens if chosen.engine is not None else None
+        self.index.record(chosen.id, prompt, kv_tokens)
         return chosen
 
     def on_start(self, replica: Replica) -> None:

@@ -10,10 +10,12 @@ vLLM's default block) and chains their hashes the same way. The match of a promp
 replica is then the number of its leading blocks in that replica's index: where an
 engine would find the same prefix cached, up to the difference of cut points.
 
-An index holds at most ``capacity`` blocks per replica, least recently sent evicted
-first, as an engine evicts under KV pressure; it forgets a replica that leaves (a
-restarted engine starts cold). Pure: no clock, no I/O; hashes are Python's (salted per
-process, which is all an in-process index needs).
+An index holds at most as many blocks per replica as its engine's KV cache holds tokens
+over ``BLOCK_TOKENS`` (where the engine says, ``EngineLoad.kv_tokens``; else
+``capacity``), least recently sent evicted first, as an engine evicts under KV pressure:
+an index that believes an engine holds more than it can routes to prefixes long evicted.
+It forgets a replica that leaves (a restarted engine starts cold). Pure: no clock, no
+I/O; hashes are Python's (salted per process, which is all an in-process index needs).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import orjson
 
 BLOCK_BYTES = 64  # ~16 tokens of English at ~4 bytes a token
+BLOCK_TOKENS = 16  # what a block stands for, against an engine's KV size in tokens
 MAX_BLOCKS = 4096  # a prompt's first 256 KiB decide; the rest costs hashing for nothing
 DEFAULT_CAPACITY = 32768  # blocks per replica (~0.5 M tokens) while its KV size is unknown
 
@@ -100,15 +103,19 @@ class PrefixIndex:
             n += 1
         return n
 
-    def record(self, replica_id: str, blocks: Sequence[int]) -> None:
+    def record(
+        self, replica_id: str, blocks: Sequence[int], kv_tokens: float | None = None
+    ) -> None:
         """``blocks`` were sent to the replica: they are its most recent now, the first
         ones most of all, so that eviction takes a prompt's tail before its prefix (as
-        vLLM frees a sequence's blocks), never the prefix the rest hangs on."""
+        vLLM frees a sequence's blocks), never the prefix the rest hangs on. It keeps
+        what an engine of ``kv_tokens`` holds (None: unknown, ``capacity``)."""
         held = self._blocks.setdefault(replica_id, OrderedDict())
         for key in reversed(blocks):
             held[key] = None
             held.move_to_end(key)
-        while len(held) > self.capacity:
+        limit = self.capacity if kv_tokens is None else max(1, int(kv_tokens // BLOCK_TOKENS))
+        while len(held) > limit:
             held.popitem(last=False)
 
     def forget(self, replica_id: str) -> None:

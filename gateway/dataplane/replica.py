@@ -26,6 +26,7 @@ class EngineLoad:
     waiting: float  # sequences queued inside the engine
     kv_usage: float | None  # share of the KV cache in use, 0..1 (None: not exported)
     at: float
+    kv_tokens: float | None = None  # the KV cache's size in tokens, where the engine says
 
 
 ENGINE_FRESH_S = 1.0  # an engine's figures older than this are not acted on

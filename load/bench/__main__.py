@@ -31,10 +31,10 @@ import orjson
 import uvloop
 
 from load import burst
-from load.bench import llm, matrix, report
+from load.bench import llm, llm_workload, matrix, report
 from load.bench.contestants import CONTESTANTS, Limits
 from load.bench.install import ensure
-from load.bench.plots import plot_ratios, plot_scenario
+from load.bench.plots import plot_llm, plot_ratios, plot_scenario
 from load.bench.runner import Options, run_scenario
 from load.bench.scenarios import AUTOSCALE, NAMES, SCENARIOS
 
@@ -147,6 +147,8 @@ def run_matrix(args: argparse.Namespace, command: str) -> dict[str, Any]:
 def render(result: dict[str, Any], figure: Path) -> str:
     """Draw the scenario's figure; its table (and verdict) as text."""
     if "llm" in result:
+        calm_s = llm_workload.SHAPES[result["scenario"]].calm_s
+        plot_llm(f"{result['scenario']}: {result['about']}", result["llm"], figure, calm_s)
         return llm.render(result["scenario"], result["llm"])
     if "cells" in result:
         plot_ratios(*matrix.heatmap(result), "p50 and p99 over the best peer's "
@@ -165,7 +167,9 @@ def render(result: dict[str, Any], figure: Path) -> str:
 def publish(result: dict[str, Any], figure: Path) -> None:
     text = RESULTS_MD.read_text()
     link = figure.relative_to(RESULTS_MD.parent).as_posix()
-    section = matrix.section if "cells" in result else report.section
+    section = (
+        matrix.section if "cells" in result else llm.section if "llm" in result else report.section
+    )
     text = report.replace_section(text, result["scenario"], section(result, link))
     if "runs" in result:
         text = report.replace_section(
@@ -194,13 +198,12 @@ def main(argv: list[str] | None = None) -> int:
         leftovers += len(result.get("result", {}).get("leftover_pids", []))
         figure = (FIGURES if args.publish else args.out) / f"bench-{name}.png"
         text = render(result, figure)
-        if args.publish and "llm" not in result:  # the LLM sections are written by hand
+        if args.publish:
             publish(result, figure)
         if args.json:
             results.append(result)
         else:
-            drawn = f"\n\nfigure: {figure}" if figure.exists() else ""  # none for llm-*
-            print(f"\n## {name}: {result['about']}\n\n{text}{drawn}", flush=True)
+            print(f"\n## {name}: {result['about']}\n\n{text}\n\nfigure: {figure}", flush=True)
     if args.json:
         sys.stdout.buffer.write(orjson.dumps(results) + b"\n")
     return 1 if leftovers else 0

@@ -34,6 +34,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.control.drivers import free_port
+from load.bench import report
 from load.bench.contestants import Limits, haproxy_config
 from load.bench.llm_workload import FLOOD, SHAPES, Conversation, generate
 from load.procs import Procs, python, wait_for_url, write_config
@@ -385,6 +386,18 @@ async def run(
               file=sys.stderr, flush=True)  # fmt: skip
         runs.append(result)
     return runs
+
+
+def section(result: dict[str, Any], plot: str) -> str:
+    """A benchmark's section of RESULTS.md: what ran, on what, its table and figure."""
+    return "\n".join([
+        f"### {result['scenario']}", "", result["about"] + ".", "",
+        f"```sh\n{result['command']}\n```", "",
+        f"**Machine**: {report.describe_machine(result['machine'])}; the routers from PyPI "
+        f"(vllm-router, sglang-router, their default `cache_aware`).", "",
+        render(result["scenario"], result["llm"]), "",
+        f"![{result['scenario']}: TTFT by contestant]({plot})",
+    ])  # fmt: skip
 
 
 def render(scenario: str, runs: list[dict[str, Any]]) -> str:

@@ -121,3 +121,74 @@ def plot_ratios(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_llm(title: str, runs: list[dict[str, Any]], path: Path, calm_s: float) -> None:
+    """An LLM benchmark's figure: the TTFT distribution, and TTFT per 2 s of start time,
+    a line per contestant (the gateway solid, the routers dashed, HAProxy dotted); with a
+    calm stretch (``llm-overload``), TTFT p99 per class over time instead, the step from
+    calm to overload a vertical line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    classes = ("critical", "standard", "sheddable") if calm_s else ()
+    panels: list[tuple[str, str | None, int]] = [
+        (f"{c}: TTFT p99 (ms, log)", c, 99) for c in classes
+    ] or [("TTFT p90 (ms, log)", None, 90)]
+    fig, axes = plt.subplots(len(panels) + (not classes), 1, figsize=(11, 3 * len(panels) + 3),
+                             sharex=bool(classes))  # fmt: skip
+    for i, run in enumerate(runs):
+        name = run["contestant"]
+        kind = "gateway" if name.startswith("gateway") else "nginx" if "haproxy" in name else ""
+        style = {"color": f"C{i % 10}", "ls": STYLES.get(kind, "--"), "label": name,
+                 "lw": 2.2 if name == "gateway-prefix_affinity" else 1.3}  # fmt: skip
+        ok = [a for a in run["answers"] if a["status"] == 200 and a["ttft_s"] is not None]
+        for ax, (_, cls, q) in zip(axes, panels, strict=False):
+            t, values = _windows([a for a in ok if cls is None or a["priority"] == cls], q)
+            ax.plot(t, values, marker="o", ms=3, **style)  # a window alone still shows
+        if not classes:
+            ttft = sorted(a["ttft_s"] * 1e3 for a in ok)
+            axes[-1].plot(ttft, [(k + 1) / len(ttft) for k in range(len(ttft))], **style)
+    for ax, (label, _, _) in zip(axes, panels, strict=False):
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylabel(label)
+        ax.set_xlabel("start time (s), 2 s windows")
+        if calm_s:
+            ax.axvline(calm_s, color="0.3", lw=1, alpha=0.6)
+        ax.grid(alpha=0.3)
+    if not classes:
+        axes[-1].set_xscale("log")
+        axes[-1].xaxis.set_major_formatter(plain)
+        axes[-1].set_xlabel("TTFT (ms, log)")
+        axes[-1].set_ylabel("share of answers")
+        axes[-1].grid(alpha=0.3)
+    axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    fig.suptitle(textwrap.fill(title, 110), fontsize="medium")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _windows(
+    answers: list[dict[str, Any]], q: float, width_s: float = 2.0
+) -> tuple[list[float], list[float]]:
+    """Percentile ``q`` of TTFT (ms) per ``width_s`` of start time: the windows' middles
+    and values (nan where a window has no answer)."""
+    if not answers:
+        return [], []
+    buckets: dict[int, list[float]] = {}
+    for a in answers:
+        buckets.setdefault(int(a["start_s"] // width_s), []).append(a["ttft_s"] * 1e3)
+    t, values = [], []
+    for k in range(max(buckets) + 1):
+        got = sorted(buckets.get(k, []))
+        t.append((k + 0.5) * width_s)
+        values.append(got[min(len(got) - 1, int(q / 100 * len(got)))] if got else math.nan)
+    return t, values

@@ -59,3 +59,14 @@ def test_a_tiny_matrix_cell(tmp_path: Path) -> None:
         assert run["ok"] > 400 and run["error_count"] == 0, run["contestant"]
     assert (tmp_path / "bench-matrix.png").stat().st_size > 5_000
     assert children() == []
+
+
+def test_a_tiny_llm_run(tmp_path: Path) -> None:
+    argv = ["llm-overload", "--duration", "3", "--contestants", "gateway-prefix_affinity",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    [run] = orjson.loads((tmp_path / "llm-overload.json").read_bytes())["llm"]
+    assert run["answers"] and all(a["status"] == 200 for a in run["answers"])
+    assert run["unflooded"]  # the same arrivals less the flood's, run too
+    assert (tmp_path / "bench-llm-overload.png").stat().st_size > 5_000
+    assert children() == []

@@ -15,6 +15,7 @@ from backends.llm import text
 from backends.llm.api import REPLICA, make_app
 from backends.llm.engine import Timing
 from backends.llm.replica import LlmReplica, Settings
+from gateway.dataplane.engine_metrics import parse
 from tests.conftest import eventually
 
 FAST = Timing(step_s=0.001, per_seq_s=0.0, prefill_token_s=0.00001)
@@ -136,7 +137,7 @@ async def test_bad_requests_get_errors_in_openai_shape(  # type: ignore[no-untyp
 
 
 async def test_models_health_and_vllm_metrics(llm: MakeLlm, client) -> None:  # type: ignore[no-untyped-def]
-    url, _ = await llm(model="qwen-7b")
+    url, replica = await llm(model="qwen-7b")
     async with client.get(f"{url}/v1/models") as resp:
         assert [m["id"] for m in (await resp.json())["data"]] == ["qwen-7b"]
     async with client.get(f"{url}/health") as resp:
@@ -156,6 +157,8 @@ async def test_models_health_and_vllm_metrics(llm: MakeLlm, client) -> None:  # 
     ):
         assert line in exposition
     assert 'vllm:prefix_cache_queries_total{model_name="qwen-7b"}' in exposition
+    read = parse(exposition.encode(), at=0.0)  # as the gateway reads it: the KV size too
+    assert read is not None and read.kv_tokens == replica.engine.cache.num_blocks * 16
 
 
 async def test_a_repeated_conversation_is_served_from_the_prefix_cache(

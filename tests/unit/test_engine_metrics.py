@@ -50,6 +50,25 @@ def test_parse(text: str, expected: EngineLoad | None) -> None:
         assert got.kv_usage == pytest.approx(expected.kv_usage)
 
 
+@pytest.mark.parametrize(
+    ("text", "kv_tokens"),
+    [
+        (VLLM, None),  # not exported
+        (VLLM + 'vllm:cache_config_info{block_size="16",cache_dtype="auto",num_gpu_blocks="2048"} 1.0\n',
+         32768.0),
+        (VLLM + 'vllm:cache_config_info{num_gpu_blocks="100",block_size="32",engine="0"} 1.0\n'
+         'vllm:cache_config_info{num_gpu_blocks="100",block_size="32",engine="1"} 1.0\n',
+         6400.0),  # two engines: both caches
+        (VLLM + 'vllm:cache_config_info{block_size="16",num_gpu_blocks="None"} 1.0\n'
+         'vllm:cache_config_info{xnum_gpu_blocks="9",block_size="16"} 1.0\n', None),  # junk
+        (SGLANG + 'sglang:max_total_num_tokens{model_name="qwen"} 471258\n', 471258.0),
+    ],
+)  # fmt: skip
+def test_the_kv_cache_size(text: str, kv_tokens: float | None) -> None:
+    got = parse(text.encode(), at=1.0)
+    assert got is not None and got.kv_tokens == kv_tokens
+
+
 def test_a_huge_body_costs_a_scan_and_is_bounded() -> None:
     junk = b"vllm:junk 1\n" * 350_000 + b"vllm:num_requests_running 2\n"  # 4 MiB
     started = time.perf_counter()

@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 
 from gateway.dataplane.policies import PrefixAffinity
-from gateway.dataplane.prefix import BLOCK_BYTES, PrefixIndex, parse_body, prompt_blocks
+from gateway.dataplane.prefix import (
+    BLOCK_BYTES,
+    BLOCK_TOKENS,
+    PrefixIndex,
+    parse_body,
+    prompt_blocks,
+)
 from gateway.dataplane.replica import EngineLoad, Replica
 from tests.fakes import Clock
 
@@ -76,6 +82,16 @@ def test_the_index_matches_leading_blocks_and_evicts_tails_first() -> None:
     assert index.match("a", (1,)) == 0
     with pytest.raises(ValueError):
         PrefixIndex(0)
+
+
+def test_the_index_holds_no_more_than_the_engines_kv_cache() -> None:
+    index = PrefixIndex(capacity=100)
+    index.record("a", tuple(range(10)), kv_tokens=4 * BLOCK_TOKENS)  # the engine holds 4
+    assert index.size("a") == 4 and index.match("a", tuple(range(10))) == 4
+    index.record("a", (20, 21), kv_tokens=None)  # unknown again: the default bound
+    assert index.size("a") == 6
+    index.record("b", (1, 2), kv_tokens=1.0)  # less than a block: still the last one
+    assert index.size("b") == 1
 
 
 # -- the policy ------------------------------------------------------------------------------
@@ -159,6 +175,14 @@ def test_what_is_sent_is_recorded_and_a_replica_that_leaves_is_forgotten() -> No
     assert all(p.pick([a, b], prompt=blocks) is first for _ in range(5))  # it sticks
     p.forget(first.id)
     assert p.index.match(first.id, blocks) == 0
+
+
+def test_what_is_recorded_is_bounded_by_the_chosen_engines_kv_cache() -> None:
+    p, (a,) = policy(), pool(0)
+    a.engine = EngineLoad(running=0, waiting=0, kv_usage=0.0, at=0.0, kv_tokens=3 * BLOCK_TOKENS)
+    blocks = prompt_blocks(LONG)
+    assert p.pick([a], prompt=blocks) is a
+    assert p.index.size("a") == 3 and p.index.match("a", blocks) == 3  # the prefix it keeps
 
 
 def test_an_engine_that_queues_is_passed_over_while_another_has_room() -> None:
