@@ -12,7 +12,6 @@ import pytest
 
 from gateway.config import POLICY_NAMES
 from gateway.dataplane.policies import (
-    ALPHA,
     POLICIES,
     LeastConnections,
     PeakEwma,
@@ -22,6 +21,7 @@ from gateway.dataplane.policies import (
     RoundRobin,
     make_policy,
 )
+from gateway.dataplane.policies.peak_ewma import ALPHA
 from gateway.dataplane.replica import Replica
 from tests.fakes import Clock
 
