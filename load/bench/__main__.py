@@ -180,7 +180,7 @@ def publish(result: dict[str, Any], figure: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    named = [*NAMES, "all", matrix.NAME]
+    named = [*NAMES, *llm.NAMES, "all", matrix.NAME]
     flags = [a for a in (sys.argv[1:] if argv is None else argv) if a not in named]
     results, leftovers = [], 0
     for name in args.scenarios:
