@@ -492,3 +492,58 @@ def test_replicas_never_started_are_taken_in_random_order() -> None:
         assert first is not None
         firsts[first.id] += 1
     assert len(firsts) == 4
+
+
+def heavy_and_tight(tail: str) -> list[float]:
+    """64 answers: Pareto (alpha 2, a mean of 20 ms) or about 20 ms each."""
+    rng = random.Random(3)
+    if tail == "pareto":
+        return [0.01 / math.sqrt(1.0 - rng.random()) for _ in range(64)]
+    return [0.020 * (1 + (rng.random() - 0.5) / 10) for _ in range(64)]
+
+
+@pytest.mark.parametrize(
+    ("tail", "ages", "expected"),
+    [
+        ("pareto", (0.060, 0.012), "young"),  # one that ran long will run long: the young
+        ("tight", (0.019, 0.001), "old"),  # one near its usual length ends soon: the old
+    ],
+)
+def test_a_request_that_must_wait_inside_waits_behind_the_soonest_to_end(
+    tail: str, ages: tuple[float, float], expected: str
+) -> None:
+    """Two one-slot replicas, each serving one request: the next one queues inside either.
+    Load and estimates tie; what decides is the expected rest of each one's request, from
+    its age and the replica's own answers."""
+    policy, clock = peak()
+    old, young = replicas("old", "young")
+    for r in (old, young):
+        r.cap = 2
+        for latency in heavy_and_tight(tail):
+            policy.on_end(r, latency, True)
+            r.health.heads.add(latency)
+        r.inflight = 1
+    clock.now = 10.0
+    old.started.append(10.0 - ages[0])
+    young.started.append(10.0 - ages[1])
+    for _ in range(4):  # not turns: the same answer every time
+        assert policy.pick([old, young]).id == expected  # type: ignore[union-attr]
+
+
+def test_a_slot_wait_is_priced_only_where_the_request_would_queue_inside() -> None:
+    policy, clock = peak()
+    busy, idle = replicas("busy", "idle")
+    for r in (busy, idle):
+        r.cap, r.slots = 8, 4.0
+        for latency in heavy_and_tight("tight"):
+            policy.on_end(r, latency, True)
+            r.health.heads.add(latency)
+    clock.now = 10.0
+    busy.inflight = 3  # under its 4 slots: the load term as before, whatever the ages
+    busy.started.extend([9.0, 9.0, 9.0])  # past every answer seen: "as long again", 1 s
+    assert policy.pick([busy, idle]) is idle
+    idle.inflight = 4
+    idle.started.extend([10.0 - 0.019] * 4)  # four about to end
+    busy.inflight = 4
+    busy.started.append(9.0)
+    assert policy.pick([busy, idle]) is idle
