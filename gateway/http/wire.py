@@ -88,17 +88,25 @@ def text(raw: bytes | bytearray) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
+TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)  # Linux
+PEER_GONE = frozenset({7, 8})  # tcp_info's first byte: TCP_CLOSE (a reset), TCP_CLOSE_WAIT
+
+
 def peer_closed(transport: asyncio.Transport) -> bool:
-    """Has the peer closed its side with nothing unread before the end? A peek, since
-    with reading paused (pipelined requests queued, a body nobody reads yet) the loop
-    does not read the end, and a request whose client left would hold its replica's
-    slot until the answer. An end behind unread bytes stays unseen."""
+    """Has the peer closed its side (its FIN came, or a reset)? Asked while reading is
+    paused (pipelined requests queued, a body nobody reads yet): the loop does not read
+    the end, and a request whose client left would hold its replica's slot until the
+    answer. TCP's own state says so even behind unread bytes (CLOSE_WAIT once the FIN
+    is in, CLOSE after a reset: Linux's ``TCP_INFO``); elsewhere a peek sees an end only
+    with nothing unread before it."""
     sock = transport.get_extra_info("socket")
     if sock is None:
         return False
-    with socket.socket(fileno=os.dup(sock.fileno())) as peek:
+    with socket.socket(fileno=os.dup(sock.fileno())) as peer:
         try:
-            return peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            if TCP_INFO is not None and peer.family in (socket.AF_INET, socket.AF_INET6):
+                return peer.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 1)[0] in PEER_GONE
+            return peer.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
         except BlockingIOError:
             return False
         except OSError:

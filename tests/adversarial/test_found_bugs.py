@@ -50,11 +50,10 @@ async def test_a_hang_up_cancels_the_request_even_while_the_gateway_is_not_readi
     data = slow % token().encode()
     if paused_by == "pipelining":
         data += b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n" * 4  # 5 queued, max_pipelined 3
-    else:  # read whole before reading pauses: the end is seen by the sweep's peek. A body
-        # of 600 KB or more (300 KB once, on a machine busy with the whole suite) still
-        # sits partly unread before the end, which then stays unseen until the replica
-        # answers (connection.expire's peek; open)
-        body = b"x" * 150_000
+    else:  # 1 MB: what the gateway has not read of it sits in its kernel buffer before
+        # the end, which TCP's state shows (a peek saw the unread bytes only, from 600 KB
+        # on, and the slot stayed held until the replica answered)
+        body = b"x" * 1_000_000
         data += b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
     _, writer = await send(stack, data)
     await eventually(lambda: stack.pool.inflight == 1)
