@@ -13,8 +13,8 @@ Invariants:
   (``replica.learn_batch``): beyond the engine's own slots, requests wait here;
 * while critical requests come, the lower classes leave the pool's reserve free
   (``reserve.py``): a critical request finds a slot on arrival, not at the next release;
-* ``replica.started`` holds when each of its requests in flight was sent, oldest first;
-  an end takes the oldest, which is exact for a replica serving one at a time;
+* ``replica.started`` holds when each of its requests in flight was sent, oldest first
+  (a replica serves first come first served: an end frees the oldest);
 * a replica's ``inflight`` never exceeds its ``cap``: its learnt concurrency limit
   (``limits.py``) under the configured ``max_inflight_per_replica``, or that number
   itself with ``concurrency_limit: fixed``. The cap is hard: above it, requests wait

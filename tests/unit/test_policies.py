@@ -530,28 +530,20 @@ def test_a_request_that_must_wait_inside_waits_behind_the_soonest_to_end(
         assert policy.pick([old, young]).id == expected  # type: ignore[union-attr]
 
 
-def test_a_slot_wait_is_priced_only_at_one_slot_replicas_and_where_it_would_queue() -> None:
-    """Past every answer seen, a request is expected to run as long again: a second
-    behind a request sent a second ago. Where the new one would not queue, or where a
-    replica serves several at once (which of them run is not known), the load term
-    stands as before."""
+def test_a_slot_wait_is_priced_only_where_the_request_would_queue_inside() -> None:
     policy, clock = peak()
-    stuck, free = replicas("stuck", "free")
-    for r in (stuck, free):
+    busy, idle = replicas("busy", "idle")
+    for r in (busy, idle):
         r.cap, r.slots = 8, 4.0
         for latency in heavy_and_tight("tight"):
             policy.on_end(r, latency, True)
             r.health.heads.add(latency)
     clock.now = 10.0
-    stuck.inflight, free.inflight = 4, 5  # four slots: out-of-order ends, no ages used
-    stuck.started.extend([9.0] * 4)
-    free.started.extend([10.0] * 5)
-    assert policy.pick([stuck, free]) is stuck  # fewer in flight, as before
-    for r in (stuck, free):
-        r.cap, r.slots, r.inflight = 2, 1.0, 1
-        r.started.clear()
-    stuck.started.append(9.0)  # one slot: its request has run 1 s, past all 64 answers
-    free.started.append(10.0 - 0.019)
-    assert policy.pick([stuck, free]) is free
-    stuck.inflight = 0  # under its slot: no wait, whatever an age says
-    assert policy.pick([stuck, free]) is stuck
+    busy.inflight = 3  # under its 4 slots: the load term as before, whatever the ages
+    busy.started.extend([9.0, 9.0, 9.0])  # past every answer seen: "as long again", 1 s
+    assert policy.pick([busy, idle]) is idle
+    idle.inflight = 4
+    idle.started.extend([10.0 - 0.019] * 4)  # four about to end
+    busy.inflight = 4
+    busy.started.append(9.0)
+    assert policy.pick([busy, idle]) is idle

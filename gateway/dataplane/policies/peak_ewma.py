@@ -3,6 +3,7 @@ and its in-flight count over its slots (the whole rule in ``PeakEwma``'s docstri
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import statistics
@@ -65,14 +66,16 @@ class _Estimate:
 
 
 def _slot_wait(replica: Replica, slots: float, now: float) -> float | None:
-    """How long a request sent to a replica that serves one request at a time waits
-    inside it, where it would queue there and that is known: the expected rest of the
-    request it serves, its oldest (first come, first served), from its age and the
-    replica's own answers. With more slots, which of its requests run and which wait is
-    not known from here (a 4-slot pool's ends come out of order): None, as then."""
-    if round(slots) > 1 or replica.inflight < slots or not replica.started:
+    """How long a request sent to ``replica`` now waits inside it for its first slot to
+    free, where it would queue there (``slots`` or more in flight) and that is known:
+    the soonest expected end among the requests it is serving (its oldest, first come
+    first served), from their ages and its own answers' distribution."""
+    if replica.inflight < slots or not replica.started:
         return None
-    return replica.health.heads.residual(now - replica.started[0])
+    serving = itertools.islice(replica.started, math.ceil(slots))
+    left = [replica.health.heads.residual(now - since) for since in serving]
+    known = [x for x in left if x is not None]
+    return min(known) if known else None
 
 
 class PeakEwma:
@@ -112,12 +115,12 @@ class PeakEwma:
     * **Load.** The in-flight factor counts busy slots as a share of the replica's slots:
       with one slot it is Finagle's ``(inflight + 1)``; a batching model server answers
       its slots side by side, so a fast replica with 3 of 4 slots busy is still a better
-      bet than an idle one 5x slower. Where the request would queue inside a replica
-      that serves one at a time, the one slot's worth of waiting in that factor is the
-      expected rest of the request it serves, from its age and the replica's own
-      answers (``hedging.Window.residual``): behind a request that has run long on a
-      heavy-tailed replica the wait is long, behind one near its usual length short
-      (the matrix's pareto-s1-l90-slow: p99 333 against 386 ms, three runs each).
+      bet than an idle one 5x slower. Where the request would queue inside (as many in
+      flight as slots), the one slot's worth of waiting in that factor is the expected
+      rest of the soonest to end of the requests it serves, from their ages and the
+      replica's own answers (``hedging.Window.residual``): behind a request that has run
+      long on a heavy-tailed replica the wait is long, behind one near its usual length
+      short (the matrix's pareto-s1-l90-slow: p99 333 against 386 ms, three runs each).
       When the cheapest candidate is over 4x slower than
       the best (``LOG_WAIT_OVER``) and was measured lately, and a ``full`` replica (at its
       limit) is cheaper even counting the requests queued ``ahead``, ``pick`` returns
