@@ -28,8 +28,6 @@ Pure logic: quantiles come from the last samples of a ``Window``, re-sorted ever
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import math
 
 WINDOW = 512  # recent head latencies of the pool the quantile is taken over
@@ -42,7 +40,7 @@ OWN_OVER = 2.0  # a wait this many times past that is unusual for the replica
 class Window:
     """The last ``size`` samples, and quantiles of them as of the last re-sort."""
 
-    __slots__ = ("_fresh", "_next", "_ordered", "_samples", "_sums", "refresh", "size")
+    __slots__ = ("_fresh", "_next", "_ordered", "_samples", "refresh", "size")
 
     def __init__(self, size: int = WINDOW, refresh: int = REFRESH) -> None:
         self.size = size
@@ -51,7 +49,6 @@ class Window:
         self._next = 0  # where the next sample goes once the window is full
         self._fresh = 0  # samples since the last re-sort
         self._ordered: list[float] = []  # empty until ``refresh`` samples were seen
-        self._sums: list[float] = []  # _sums[i]: the sum of _ordered[i:]
 
     def add(self, sample: float) -> None:
         samples = self._samples
@@ -64,7 +61,6 @@ class Window:
         if self._fresh >= self.refresh:
             self._fresh = 0
             self._ordered = sorted(samples)
-            self._sums = list(itertools.accumulate(reversed(self._ordered)))[::-1]
 
     def quantile(self, percentile: float) -> float | None:
         """The nearest-rank ``percentile`` (0-100); None until the first re-sort."""
@@ -73,20 +69,6 @@ class Window:
             return None
         rank = math.ceil(len(ordered) * percentile / 100) - 1
         return ordered[min(max(0, rank), len(ordered) - 1)]
-
-    def residual(self, age: float) -> float | None:
-        """How much longer a sample already past ``age`` is expected to take: the mean
-        of the samples over ``age``, less ``age`` (None until the first re-sort). It
-        shrinks with age where samples are alike (a job near its usual length ends
-        soon) and grows where the tail is heavy (Pareto's grows in proportion: one that
-        has run long will run long). Past every sample seen, as long again."""
-        ordered = self._ordered
-        if not ordered:
-            return None
-        i = bisect.bisect_right(ordered, age)
-        if i == len(ordered):
-            return age
-        return self._sums[i] / (len(ordered) - i) - age
 
 
 def hedge_delay(

@@ -13,8 +13,6 @@ Invariants:
   (``replica.learn_batch``): beyond the engine's own slots, requests wait here;
 * while critical requests come, the lower classes leave the pool's reserve free
   (``reserve.py``): a critical request finds a slot on arrival, not at the next release;
-* ``replica.started`` holds when each of its requests in flight was sent, oldest first
-  (a replica serves first come first served: an end frees the oldest);
 * a replica's ``inflight`` never exceeds its ``cap``: its learnt concurrency limit
   (``limits.py``) under the configured ``max_inflight_per_replica``, or that number
   itself with ``concurrency_limit: fixed``. The cap is hard: above it, requests wait
@@ -380,8 +378,6 @@ class Pool:
     def _free(self, replica: Replica) -> None:
         """One slot less in use; a draining replica that has none left is drained."""
         replica.inflight -= 1
-        if replica.started:  # the oldest: first come, first served inside a replica
-            replica.started.popleft()
         self._reserve.freed.add(self.clock())
         if replica.draining and not replica.inflight:
             self._drained(replica)
@@ -443,7 +439,6 @@ class Pool:
 
     def _start(self, replica: Replica) -> None:
         replica.inflight += 1
-        replica.started.append(self.clock())
         replica.health.unanswered += 1
         self.policy.on_start(replica)
 

@@ -12,7 +12,6 @@ policy, keyed by replica id, so a replica carries no behaviour.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -96,7 +95,6 @@ class Replica:
     sure_slots: float = 1.0  # how many it surely does: the knee once found, else 1
     draining: bool = False
     probing: bool = False
-    started: deque[float] = field(default_factory=deque)  # in flight since, oldest first
     health: ReplicaHealth = field(default_factory=ReplicaHealth)
     engine: EngineLoad | None = None
     engine_batch: EngineBatch | None = None  # learnt from ``engine`` by the pool

@@ -74,14 +74,3 @@ def test_a_healthy_heavy_tail_is_seldom_hedged() -> None:
     assert delay is not None
     later = sum(rng.lognormvariate(-3.9, 1.0) > delay for _ in range(50000)) / 50000
     assert later < 0.003
-
-
-def test_the_rest_of_a_sample_already_past_an_age() -> None:
-    assert window([0.01] * (REFRESH - 1)).residual(0.0) is None  # not known yet
-    tight = window([0.010] * REFRESH)
-    assert tight.residual(0.004) == pytest.approx(0.006)  # alike: it ends soon
-    assert tight.residual(0.02) == 0.02  # past every sample seen: as long again
-    rng = random.Random(1)
-    pareto = window([0.01 / (1.0 - rng.random()) ** 0.5 for _ in range(WINDOW)])
-    young, old = pareto.residual(0.012), pareto.residual(0.05)
-    assert young is not None and old is not None and old > 1.5 * young  # heavy: it grows

@@ -3,7 +3,6 @@ and its in-flight count over its slots (the whole rule in ``PeakEwma``'s docstri
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
 import statistics
@@ -65,19 +64,6 @@ class _Estimate:
         return var * max(NOISE_SCALE, 1.0 / max(self.n, 1))
 
 
-def _slot_wait(replica: Replica, slots: float, now: float) -> float | None:
-    """How long a request sent to ``replica`` now waits inside it for its first slot to
-    free, where it would queue there (``slots`` or more in flight) and that is known:
-    the soonest expected end among the requests it is serving (its oldest, first come
-    first served), from their ages and its own answers' distribution."""
-    if replica.inflight < slots or not replica.started:
-        return None
-    serving = itertools.islice(replica.started, math.ceil(slots))
-    left = [replica.health.heads.residual(now - since) for since in serving]
-    known = [x for x in left if x is not None]
-    return min(known) if known else None
-
-
 class PeakEwma:
     """Response-time weighting: cost = speed estimate x (1 + inflight / slots), cheapest
     wins; ``slots`` is how many requests the replica serves side by side (the knee its
@@ -115,13 +101,7 @@ class PeakEwma:
     * **Load.** The in-flight factor counts busy slots as a share of the replica's slots:
       with one slot it is Finagle's ``(inflight + 1)``; a batching model server answers
       its slots side by side, so a fast replica with 3 of 4 slots busy is still a better
-      bet than an idle one 5x slower. Where the request would queue inside (as many in
-      flight as slots), the one slot's worth of waiting in that factor is the expected
-      rest of the soonest to end of the requests it serves, from their ages and the
-      replica's own answers (``hedging.Window.residual``): behind a request that has run
-      long on a heavy-tailed replica the wait is long, behind one near its usual length
-      short (the matrix's pareto-s1-l90-slow: p99 333 against 386 ms, three runs each).
-      When the cheapest candidate is over 4x slower than
+      bet than an idle one 5x slower. When the cheapest candidate is over 4x slower than
       the best (``LOG_WAIT_OVER``) and was measured lately, and a ``full`` replica (at its
       limit) is cheaper even counting the requests queued ``ahead``, ``pick`` returns
       None: waiting in the gateway's queue for it beats a much slower replica with room.
@@ -195,11 +175,7 @@ class PeakEwma:
             return best_mean if r.id in ties else views[r.id][0]
 
         def cost(r: Replica) -> float:
-            c = slots if r.id in ties else r.slots
-            wait = _slot_wait(r, c, now)
-            if wait is None:
-                return latency(r) + math.log1p(r.inflight / c)
-            return math.log(math.exp(latency(r)) * (1.0 + (r.inflight - c) / c) + wait)
+            return latency(r) + math.log1p(r.inflight / (slots if r.id in ties else r.slots))
 
         if len(candidates) <= FULL_SCAN_MAX:
             chosen = full_scan(candidates, cost, self.turns)
