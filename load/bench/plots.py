@@ -15,6 +15,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from load.bench.llm import pct
+
 STYLES = {"gateway": "-", "haproxy": "--", "nginx": ":", "direct": "-."}
 
 
@@ -143,8 +145,8 @@ def plot_llm(title: str, runs: list[dict[str, Any]], path: Path, calm_s: float) 
                              sharex=bool(classes))  # fmt: skip
     for i, run in enumerate(runs):
         name = run["contestant"]
-        kind = "gateway" if name.startswith("gateway") else "nginx" if "haproxy" in name else ""
-        style = {"color": f"C{i % 10}", "ls": STYLES.get(kind, "--"), "label": name,
+        ls = "-" if name.startswith("gateway") else ":" if name.startswith("haproxy") else "--"
+        style = {"color": f"C{i % 10}", "ls": ls, "label": name,
                  "lw": 2.2 if name == "gateway-prefix_affinity" else 1.3}  # fmt: skip
         ok = [a for a in run["answers"] if a["status"] == 200 and a["ttft_s"] is not None]
         for ax, (_, cls, q) in zip(axes, panels, strict=False):
@@ -188,7 +190,7 @@ def _windows(
         buckets.setdefault(int(a["start_s"] // width_s), []).append(a["ttft_s"] * 1e3)
     t, values = [], []
     for k in range(max(buckets) + 1):
-        got = sorted(buckets.get(k, []))
         t.append((k + 0.5) * width_s)
-        values.append(got[min(len(got) - 1, int(q / 100 * len(got)))] if got else math.nan)
+        got = pct(buckets.get(k, []), q)
+        values.append(math.nan if got is None else got)
     return t, values
