@@ -156,7 +156,7 @@ class Autoscale(_Model):
     gpus: Literal["auto", "none"] | tuple[int | str, ...] = "auto"
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(8, ge=1, le=MAX_REPLICAS)
-    target_concurrency: float = Field(4.0, gt=0)  # in-flight + queued requests per replica
+    target_concurrency: float = Field(4.0, gt=0)  # offered concurrency per replica
     stable_window_s: float = Field(60.0, gt=0)
     panic_window_s: float = Field(6.0, gt=0)
     panic_threshold: float = Field(2.0, ge=1)

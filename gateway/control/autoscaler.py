@@ -32,6 +32,7 @@ import aiohttp
 
 from gateway import config
 from gateway.control.backoff import backoff, retrying
+from gateway.control.demand import OfferedLoad
 from gateway.control.drivers import Driver, Instance, ReplicaSpec
 from gateway.control.failures import Outage, StartFailures, Strays
 from gateway.control.gpus import GpuLedger
@@ -76,6 +77,7 @@ class PoolAutoscaler:
         self.wake = asyncio.Event()
         self.decision: Decision | None = None
         self.scaler = Scaler(ScalingRules.from_config(settings), clock())
+        self.load = OfferedLoad(pool.tally, clock())
         self.apply(settings)
         self.expected_start_s = 0.0  # the mean of the last few start-up times
         self._startup_times: deque[float] = deque(maxlen=8)
@@ -121,11 +123,17 @@ class PoolAutoscaler:
             self.wake.clear()
 
     async def tick(self) -> None:
-        now = self.clock()
-        self.scaler.record(now, self.pool.inflight + self.pool.queued, self.pool.queued)
+        now, pool = self.clock(), self.pool
+        offered = self.load.update(pool.tally, now)
+        # until an answer gave a service time, what the replicas hold stands for demand
+        self.scaler.record(now, pool.working if offered is None else offered)
         await self._observe()
-        count = self.count
-        self.decision = decision = self.scaler.decide(now, count["ready"], count["starting"])
+        count, queued = self.count, pool.queued
+        horizon_s = max(self.settings.panic_window_s, self.expected_start_s)
+        backlog = self.load.backlog_concurrency(queued, horizon_s)
+        self.decision = decision = self.scaler.decide(
+            now, count["ready"], count["starting"], backlog, queued
+        )
         views = [m.view(now) for m in self.members.values() if not m.busy]
         todo = plan(decision.desired, views)
         for rid in todo.remove:

@@ -13,10 +13,11 @@ Invariants:
   (``replica.learn_batch``): beyond the engine's own slots, requests wait here;
 * while critical requests come, the lower classes leave the pool's reserve free
   (``reserve.py``): a critical request finds a slot on arrival, not at the next release;
-* a replica's ``inflight`` never exceeds its ``cap``: its learnt concurrency limit
+* a replica's ``working`` count never exceeds its ``cap``: its learnt concurrency limit
   (``limits.py``) under the configured ``max_inflight_per_replica``, or that number
   itself with ``concurrency_limit: fixed``. The cap is hard: above it, requests wait
-  here, not inside the replica;
+  here, not inside the replica. An answer parked on a client that reads none of it
+  (``park``) is not work: it holds no slot, so slow readers cannot lock a replica;
 * a freed slot goes straight to a waiter that may use it (no herd): the highest class
   first, tenants in turn, each tenant's oldest first (``queue.py``);
 * the policy only ever picks eligible replicas: routable, not draining, below the cap (it
@@ -34,6 +35,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 from gateway import config
@@ -83,6 +85,15 @@ class Scaling(Protocol):
     def on_demand(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """A pool's running totals, for the autoscaler's demand (``control/demand.py``)."""
+
+    arrivals: int  # client requests that came to the pool
+    answers: int  # slots given back
+    busy_s: float  # slot-seconds held on replicas, parked answers not counted
+
+
 class Pool:
     def __init__(
         self,
@@ -104,6 +115,9 @@ class Pool:
         self._heads = Window()  # the pool's recent response heads: its hedge delay
         self._limits: dict[str, ConcurrencyLimit] = {}  # replica id -> learnt limit
         self._reserve = Reserve()  # slots the lower classes leave free for critical ones
+        self._arrivals = self._answers = 0  # the running totals of ``tally``
+        self._working = 0  # requests in flight on replicas, parked ones not counted
+        self._busy_s, self._busy_at = 0.0, clock()  # the integral of ``_working`` up to then
         self._queue = SlotQueue(
             lambda exclude, ask: self._pick(exclude, ask=ask), self._start, self.abandon
         )
@@ -167,6 +181,17 @@ class Pool:
         return len(self._queue)
 
     @property
+    def working(self) -> int:
+        """Requests the replicas work on (in flight, parked answers not counted)."""
+        return self._working
+
+    @property
+    def tally(self) -> Tally:
+        """The running totals the autoscaler's demand is measured from."""
+        self._count_busy()
+        return Tally(self._arrivals, self._answers, self._busy_s)
+
+    @property
     def is_cold(self) -> bool:
         """An autoscaled pool with no live replica: requests wait for one to start."""
         return self.scaling is not None and not self.has_alternative(frozenset())
@@ -174,7 +199,9 @@ class Pool:
     # -- the request path ---------------------------------------------------------------
 
     def record_request(self) -> None:
-        """A client request arrived: the base of the retry and hedge budgets."""
+        """A client request arrived: the base of the retry and hedge budgets, and of the
+        autoscaler's demand."""
+        self._arrivals += 1
         self.retry_budget.record_request()
         self.hedge_budget.record_request()
 
@@ -299,6 +326,21 @@ class Pool:
         self._record(replica, not failed, now, self._may_eject(now) if failed else False)
         self._queue.dispatch()
 
+    def park(self, replica: Replica, parked: bool) -> None:
+        """One of ``replica``'s answers waits for its client to read (``parked``), or goes
+        on. While parked it counts in ``inflight`` but not against the cap, nor in the
+        in-flight level the replica's limit learns from: the replica is waiting on the
+        client, not working, and counted it would let a client that never reads hold the
+        slot and, with any noise in latency, cut the limit to what the readers hold."""
+        self._count_busy()
+        if parked:
+            replica.parked += 1
+            self._working -= 1
+            self._queue.dispatch()
+        else:
+            replica.parked -= 1
+            self._working += 1
+
     def outrun(self, replica: Replica, waited_s: float) -> None:
         """Return the slot of an attempt whose hedge's backup answered first, after it had
         waited ``waited_s``. The replica took at least that long, which the policy learns
@@ -377,7 +419,10 @@ class Pool:
 
     def _free(self, replica: Replica) -> None:
         """One slot less in use; a draining replica that has none left is drained."""
+        self._count_busy()
         replica.inflight -= 1
+        self._working -= 1
+        self._answers += 1
         self._reserve.freed.add(self.clock())
         if replica.draining and not replica.inflight:
             self._drained(replica)
@@ -417,9 +462,10 @@ class Pool:
             room = self._room(r, now, idle_only)
             # an engine that says it queues is full too, if some of that is ours: the
             # request waits here, where its class and tenant order it, not in there
-            busy = r.inflight >= room or (r.inflight > 0 and engine_queues(r, now))
+            working = r.working
+            busy = working >= room or (r.inflight > 0 and engine_queues(r, now))
             slots += room
-            free += 0 if busy else room - r.inflight
+            free += 0 if busy else room - working
             if r.id not in exclude:
                 (full if busy else candidates).append(r)
         if not candidates:
@@ -438,9 +484,17 @@ class Pool:
         return room
 
     def _start(self, replica: Replica) -> None:
+        self._count_busy()
         replica.inflight += 1
+        self._working += 1
         replica.health.unanswered += 1
         self.policy.on_start(replica)
+
+    def _count_busy(self) -> None:
+        """Bring the slot-seconds up to now, before the count of working requests moves."""
+        now = self.clock()
+        self._busy_s += self._working * (now - self._busy_at)
+        self._busy_at = now
 
     def _may_eject(self, now: float) -> bool:
         ejected = sum(1 for r in self.replicas.values() if r.health.ejected(now))

@@ -31,6 +31,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from gateway.dataplane.backup import Answer, Backup, Outrun
 from gateway.dataplane.headers import (
@@ -227,7 +228,7 @@ class Proxy:
             self.recorder.hedge(pool.name)
             return asyncio.ensure_future(self._send(call, replica))
 
-        level, kind = replica.inflight, call.exchange.path  # as ``_send`` will see them
+        level, kind = replica.working, call.exchange.path  # as ``_send`` will see them
 
         def outrun() -> Exception:
             if not pool.start_probe(replica):
@@ -306,7 +307,7 @@ class Proxy:
         if call.host_missing:  # an HTTP/1.0 client may omit Host (request_problem)
             headers = [*headers, ("Host", f"{replica.host}:{replica.port}")]
         assert call.deadline is not None  # set with the first slot
-        t0, level = self.clock(), replica.inflight
+        t0, level = self.clock(), replica.working
         try:
             response = await self.upstream.request(
                 exchange.method,
@@ -356,7 +357,10 @@ class Proxy:
         try:
             tag = [("X-Request-ID", call.request_id)]
             counted = call.exchange.path.endswith(COMPLETIONS)
-            sent = await relay(call.exchange, upstream, headers, tag, self.clock, stream, counted)
+            parked = partial(pool.park, replica)
+            sent = await relay(
+                call.exchange, upstream, headers, tag, self.clock, stream, counted, parked
+            )
             if not sent.replica_ok:
                 outcome = None
             tokens = sent.tokens

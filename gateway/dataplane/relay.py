@@ -35,10 +35,13 @@ async def relay(
     clock: Callable[[], float],
     stream: EventStream | None,
     count_whole: bool,
+    parked: Callable[[bool], None],
 ) -> Relayed:
     """Send ``upstream`` to the client with ``headers``; ``tag`` (the request id) goes
     on whatever the client gets, a 502 of the gateway's own included. ``stream``: the reader of an
-    event stream's tokens; ``count_whole``: take a buffered answer's ``usage``."""
+    event stream's tokens; ``count_whole``: take a buffered answer's ``usage``; ``parked``
+    told True while the client's socket is full (its replica waits for the client), then
+    False."""
     length = upstream.content_length
     headers = headers + tag
     if length is not None and length <= BUFFER_LIMIT and exchange.method != "HEAD":
@@ -63,9 +66,15 @@ async def relay(
         if stream is not None:
             stream.feed(chunk, clock())
         try:
-            await exchange.write(chunk)
+            exchange.send(chunk)
         except ConnectionResetError:  # the client went away: not the replica's fault
             exchange.abort()
             return Relayed(CLIENT_CLOSED, True, tokens)
+        if exchange.stalled:  # the client reads slower than the replica sends
+            parked(True)
+            try:
+                await exchange.drained()
+            finally:
+                parked(False)
     exchange.end()
     return Relayed(upstream.status, True, tokens)

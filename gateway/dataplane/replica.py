@@ -1,7 +1,7 @@
 """The replica: one upstream model-server instance as the data plane sees it.
 
 A replica is plain state. The pool owns the set of replicas and is the only writer of
-``inflight``, ``draining``, ``cap`` and ``slots`` (its concurrency limit, learnt or
+``inflight``, ``parked``, ``draining``, ``cap`` and ``slots`` (its concurrency limit, learnt or
 configured, and the concurrency it was learnt from) and ``probing`` (an attempt outrun
 by a hedge runs on: at most one per replica); ``engine`` is the replica's own account of
 its load, written only by the engine-signal scraper (None: not scraped, or not yet),
@@ -90,6 +90,7 @@ class Replica:
     id: str
     url: str  # base URL without a trailing slash, e.g. "http://127.0.0.1:9001"
     inflight: int = 0
+    parked: int = 0  # of those, answers held up by a client that reads none of it now
     cap: int = 1  # most requests in flight on it; set by the pool
     slots: float = 1.0  # how many it serves side by side (the knee ``cap`` was learnt from)
     sure_slots: float = 1.0  # how many it surely does: the knee once found, else 1
@@ -106,6 +107,12 @@ class Replica:
         parts = urlsplit(self.url)
         self.host, self.port = parts.hostname or "", parts.port or 80
         self.address = (self.host, self.port)
+
+    @property
+    def working(self) -> int:
+        """The requests in flight that the replica works on: a parked answer waits for
+        its client, so it neither counts against the cap nor tells the limit of load."""
+        return self.inflight - self.parked
 
     def __repr__(self) -> str:
         return f"Replica({self.id!r}, inflight={self.inflight})"

@@ -4,7 +4,7 @@ The body is read on demand: ``100 Continue`` goes out when the client asked for 
 the connection stops reading while nobody takes the body, so a large one is pulled in
 only as fast as it is consumed; the bodies held across all clients are bounded (503). An
 answer goes out whole in one write, or streamed with its known length or chunked framing,
-each write waiting for the socket to drain above the high-water mark, so that a slow
+the streamer waiting for the socket to drain above the high-water mark, so that a slow
 client slows the replica's stream rather than growing the gateway's memory. An answer
 sent before its request body was read to the end closes the connection: the bytes left on
 it cannot be told apart from the next request.
@@ -216,7 +216,9 @@ class Exchange:
                 self.keep_alive = False
         self._conn.write(self._head(status, headers, length))
 
-    async def write(self, data: bytes) -> None:
+    def send(self, data: bytes) -> None:
+        """Write a piece of a started answer; ``stalled`` says whether to wait (``drained``)
+        before the next, the client's socket being full."""
         conn = self._conn
         if conn.lost:
             raise ConnectionResetError("the client closed the connection")
@@ -226,7 +228,13 @@ class Exchange:
             conn.write(b"%x\r\n%b\r\n" % (len(data), data))
         else:
             conn.write(data)
-        await conn.drained()
+
+    @property
+    def stalled(self) -> bool:
+        return self._conn.writing_paused and not self._conn.lost
+
+    async def drained(self) -> None:
+        await self._conn.drained()
 
     def end(self) -> None:
         if self._chunked:

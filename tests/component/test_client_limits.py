@@ -183,6 +183,42 @@ async def test_a_client_that_never_reads_gives_its_slot_back_after_write_timeout
     assert 'code="4xx"' in text  # counted as 499: the client's doing, not the replica's
 
 
+async def streams_and_answers(request: web.Request) -> web.StreamResponse:
+    if request.path == "/stream":
+        return await stream_forever(request)
+    return web.json_response({"ok": True})
+
+
+async def test_clients_that_read_nothing_hold_no_slot_of_their_replica(backend, gateway) -> None:
+    """Answers parked on clients that stopped reading are not work for the replica: they
+    neither count against its cap nor in the level its limit learns from, so two such
+    clients on a replica capped at 2 leave the others served at once, long before the
+    write timeout frees them."""
+    b = await backend(streams_and_answers)
+    config = limited([b.url], write_timeout_s=30)
+    config["pools"]["default"] |= {"max_inflight_per_replica": 2, "concurrency_limit": "fixed"}
+    gw = await gateway(config)
+    pool = gw.pools["default"]
+    replica = next(iter(pool.replicas.values()))
+    stuck = []
+    for _ in range(2):
+        reader, writer = await connect(gw.port)
+        writer.transport.pause_reading()  # type: ignore[attr-defined]
+        writer.write(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        stuck.append(writer)
+    await eventually(lambda: replica.inflight == 2 and replica.parked == 2)
+    reader, writer = await connect(gw.port)
+    for _ in range(3):
+        writer.write(post("/predict", b"{}"))
+        status, _, _ = await asyncio.wait_for(read_response(reader), 2)
+        assert status == 200
+    writer.close()
+    assert replica.inflight == 2 and replica.working == 0
+    for writer in stuck:
+        writer.close()
+    await eventually(lambda: replica.inflight == 0 and replica.parked == 0)
+
+
 async def test_pipelined_answers_wait_for_a_client_that_does_not_read(backend, gateway) -> None:
     """Thousands of pipelined requests on a connection that reads nothing: the gateway
     holds at most about one write buffer of answers, then cuts the client off."""

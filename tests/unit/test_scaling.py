@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from gateway.config import Autoscale
+from gateway.control.demand import OfferedLoad
 from gateway.control.scaling import (
     Decision,
     Plan,
@@ -21,6 +22,7 @@ from gateway.control.scaling import (
     plan,
     replicas_for,
 )
+from gateway.dataplane.pool import Tally
 
 RULES = ScalingRules(
     min_replicas=1,
@@ -143,12 +145,6 @@ def test_record_refuses_bad_samples(now: float, concurrency: float) -> None:
         scaler.record(now, concurrency)
 
 
-@pytest.mark.parametrize("queued", [-1.0, 4.0, math.nan])
-def test_record_refuses_a_queue_outside_the_concurrency(queued: float) -> None:
-    with pytest.raises(ValueError):
-        Scaler(RULES, 0.0).record(1.0, 3.0, queued)
-
-
 def test_average_is_weighted_by_time() -> None:
     scaler = Scaler(RULES, 0.0)
     scaler.record(1.0, 10.0)  # stands for (0, 1]
@@ -179,19 +175,20 @@ def test_steady_load_changes_nothing(load: float, target: float, replicas: int) 
 @pytest.mark.parametrize(
     ("before", "after", "ready", "expected", "reason"),
     [
-        (8, 32, 2, 8, "panic"),  # 4x: panic within the panic window
-        (6, 16, 2, 4, "panic"),  # 2x the capacity: just at the threshold
+        (8, 32, 2, 8, "scale_up"),  # 4x: followed within the panic window
+        (6, 16, 2, 4, "steady"),  # reached before the window's end
+        (8, 64, 2, 16, "panic"),  # the first tick asks for over 2x the capacity: panic
         (8, 200, 2, 20, "max"),  # clamped, still panicking
     ],
 )
-def test_step_up_panics_within_the_panic_window(
+def test_a_step_up_is_followed_within_the_panic_window(
     before: float, after: float, ready: int, expected: int, reason: str
 ) -> None:
     sim = Sim()
     sim.warm(before, ready)
     decisions = sim.run(after, int(RULES.panic_window_s))
     assert decisions[-1].desired == expected
-    assert decisions[-1].panic
+    assert decisions[-1].panic is (reason in ("panic", "max"))
     assert decisions[-1].reason == reason
     assert all(b.desired >= a.desired for a, b in itertools.pairwise(decisions))
 
@@ -208,11 +205,11 @@ def test_small_rise_scales_up_without_panic() -> None:
 def test_panic_never_scales_down_and_ends_after_a_stable_window() -> None:
     sim = Sim()
     sim.warm(8, 2)
-    sim.run(32, 6)
-    assert sim.scaler.panicking and sim.capacity == 8
+    sim.run(64, 6)
+    assert sim.scaler.panicking and sim.capacity == 16
     for d in sim.run(0, 150):  # the surge vanishes at once
         if d.panic:
-            assert (d.desired, d.reason) == (8, "panic")
+            assert (d.desired, d.reason) == (16, "panic")
     # the condition (panic ask >= 2 x capacity) last held early, while capacity was small
     over = [t for t, cap, d in sim.log if d.panic_concurrency / 4 >= 2 * cap]
     panic_until = max(t for t, _, d in sim.log if d.panic)
@@ -221,9 +218,10 @@ def test_panic_never_scales_down_and_ends_after_a_stable_window() -> None:
     # out of panic, the delay window still holds the panic's recommendation ...
     held = [d for t, d in after if t < panic_until + RULES.scale_down_delay_s]
     assert len(held) == RULES.scale_down_delay_s - 1
-    assert all((d.desired, d.reason) == (8, "delay") for d in held)
-    # ... then the pool goes down to the floor
-    assert after[len(held)][1].desired == 1
+    assert all((d.desired, d.reason) == (16, "delay") for d in held)
+    # ... then the pool goes down to the floor, as the stable window lets go of the surge
+    down = [d.desired for _, d in after[len(held) :]]
+    assert down == sorted(down, reverse=True) and down[0] < 16
     assert sim.log[-1][2].desired == 1
 
 
@@ -294,19 +292,19 @@ def test_starting_replicas_count_as_capacity(
 
 
 def test_starting_replicas_end_the_panic() -> None:
-    """Two ready replicas and six that never finish starting: the panic asked for eight,
-    and eight are coming, so the condition stops holding and the panic ends a stable
+    """Two ready replicas and 14 that never finish starting: the panic asked for 16,
+    and 16 are coming, so the condition stops holding and the panic ends a stable
     window later; had only ready replicas counted, it would go on panicking."""
     sim = Sim(startup_s=math.inf)
     sim.warm(8, 2)
-    decisions = sim.run(32, 200)
+    decisions = sim.run(64, 200)
     assert decisions[5].panic and not decisions[-1].panic
-    assert (sim.ready, sim.capacity, decisions[-1].reason) == (2, 8, "steady")
+    assert (sim.ready, sim.capacity, decisions[-1].reason) == (2, 16, "steady")
     ready_only = sim.scaler.decide(sim.now, sim.ready, 0)
-    assert (ready_only.desired, ready_only.panic) == (8, True)
+    assert (ready_only.desired, ready_only.panic) == (16, True)
 
 
-# -- backlog: a panic's queue is not demand -------------------------------------------------
+# -- the backlog: a term of its own, never demand ---------------------------------------------
 
 BENCH = ScalingRules(  # load/burst.py's settings
     min_replicas=1,
@@ -330,7 +328,8 @@ class Tick:
 
 
 class FluidPool:
-    """A pool as a deterministic fluid queue under a fake clock, closing the loop.
+    """A pool as a deterministic fluid queue under a fake clock, closing the loop as the
+    reconcile loop does: the pool's totals go through ``demand.OfferedLoad``.
 
     Requests arrive at ``rate(t)`` per second and take ``service_s`` on one of ``slots``
     per ready replica; when all slots are busy they wait in the gateway's queue. The loop
@@ -348,32 +347,44 @@ class FluidPool:
         slots: int = 4,
         tick_s: float = 0.5,
         start: float = -60.0,  # a history long enough to be past warming at 0
-        split: bool = True,  # tell the scaler which part is queued (the reconcile loop does)
+        ready: int | None = None,
     ) -> None:
         self.rules, self.rate, self.startup_s = rules, rate, startup_s
         self.service_s, self.slots, self.tick_s = service_s, slots, tick_s
         self.now = start
         self.scaler = Scaler(rules, start)
-        self.ready = max(1, rules.min_replicas)
+        self.ready = max(1, rules.min_replicas) if ready is None else ready
         self.starts: list[float] = []  # when each starting replica will be ready
         self.queued = 0.0
-        self.split = split
+        self.arrivals = self.answers = self.busy_s = 0.0  # the pool's totals, as fluids
+        self.load = OfferedLoad(self.tally, start)
         self.log: list[Tick] = []
+
+    @property
+    def tally(self) -> Tally:
+        return Tally(round(self.arrivals), round(self.answers), self.busy_s)
 
     def run(self, until: float) -> list[Tick]:
         next_tick = self.now + self.tick_s
+        inflight = 0.0
         while self.now < until:
             t = min([next_tick, *self.starts])
-            rate = self.rate(self.now)
+            rate, span = self.rate(self.now), t - self.now
             served = self.ready * self.slots / self.service_s
-            self.queued = max(0.0, self.queued + (rate - served) * (t - self.now))
+            self.queued = max(0.0, self.queued + (rate - served) * span)
+            busy = self.ready * self.slots
+            inflight = busy if self.queued > 0 else min(busy, rate * self.service_s)
+            self.arrivals += rate * span
+            self.answers += inflight / self.service_s * span
+            self.busy_s += inflight * span
             self.now = t
             self.ready += sum(1 for s in self.starts if s <= t)
             self.starts = [s for s in self.starts if s > t]
-            busy = self.ready * self.slots
-            inflight = busy if self.queued > 0 else min(busy, rate * self.service_s)
-            self.scaler.record(t, inflight + self.queued, self.queued if self.split else 0.0)
-            d = self.scaler.decide(t, self.ready, len(self.starts))
+            offered = self.load.update(self.tally, t)
+            self.scaler.record(t, inflight if offered is None else offered)
+            horizon_s = max(self.rules.panic_window_s, self.startup_s)
+            backlog = self.load.backlog_concurrency(round(self.queued), horizon_s)
+            d = self.scaler.decide(t, self.ready, len(self.starts), backlog, round(self.queued))
             self.log.append(Tick(t, inflight, self.queued, self.ready, len(self.starts), d))
             live = self.ready + len(self.starts)
             self.starts += [t + self.startup_s] * max(0, d.desired - live)
@@ -383,50 +394,50 @@ class FluidPool:
         return self.log
 
 
-@pytest.mark.parametrize("startup_s", [0.7, 2.0, 5.0])
+@pytest.mark.parametrize("startup_s", [0.7, 2.0, 5.0, 30.0])
 @pytest.mark.parametrize("offset", [0.0, 0.1, 0.25, 0.4])  # the step's phase against the ticks
 def test_a_burst_backlog_is_not_demand(startup_s: float, offset: float) -> None:
     """load/burst.py in pure form: 40 rps (2 in flight) -> 160 rps (8 in flight: 3
     replicas at target 3) for 30 s -> 40 rps. While the first new replicas start, the
-    queue grows by 80 a second; Knative (and this scaler before) asked for the maximum,
-    8, and held it through the burst."""
+    queue grows by 80 a second; Knative (and this scaler, when in-flight + queued was its
+    signal) asked for the maximum, 8. The offered load asks for 3, the backlog one more."""
     step, end = 20.0 + offset, 50.0 + offset
-    log = FluidPool(BENCH, lambda t: 160.0 if step <= t < end else 40.0, startup_s).run(90)
+    log = FluidPool(BENCH, lambda t: 160.0 if step <= t < end else 40.0, startup_s).run(120)
     burst = [k for k in log if step <= k.t < end]
-    assert max(k.d.desired for k in log) <= 4
+    assert max(k.d.desired for k in log) <= 4  # needed + 1
     assert max(k.queued for k in burst) > 80  # there was a backlog worth 27+ replicas
     first = next(k for k in burst if k.d.desired > 1)
-    assert first.t - step <= 1.0  # noticed within two ticks
-    # never short of the need once the first step is taken, and the queue drains ...
-    assert all(k.d.desired >= 3 for k in burst if k.t >= first.t)
-    drained = next(k.t for k in burst if k.t > first.t and k.queued == 0)
-    assert drained - first.t <= 2 * startup_s + 1.5
-    # ... then the panic settles at once and the surplus goes after the scale-down delay,
-    # not a stable window later: exactly the need for the rest of the burst
-    after = [k for k in burst if k.t > drained + 1]
-    assert not any(k.d.panic for k in after)
-    shed = drained + BENCH.panic_window_s + BENCH.scale_down_delay_s + 1
-    assert {k.d.desired for k in after if k.t >= shed} == {3}
-    assert all(k.queued == 0 for k in after)
-    # the backlog left no trace in the history: after the burst, down to 1 as usual
+    assert first.t - step <= 1.5  # noticed within three ticks
+    # the panic window's demand reaches the need within one window: never short after
+    assert all(k.d.desired >= 3 for k in burst if k.t >= step + BENCH.panic_window_s)
+    drained = next(k.t for k in log if k.t > first.t and k.queued == 0)
+    assert drained - step <= 2 * startup_s + BENCH.panic_window_s
+    assert all(k.queued == 0 for k in log if k.t > drained)
+    # after the burst, down to 1 as usual
     assert log[-1].d.desired == 1 and log[-1].ready == 1
 
 
-def test_without_the_queued_part_the_backlog_stays_demand() -> None:
-    """The same burst, but the caller does not say which part is queued: the panic
-    cannot settle, the backlog stays in the stable window for all of it, and the
-    surplus is held a stable window long, as before (what rule 3 of the module removes)."""
-    log = FluidPool(BENCH, lambda t: 160.0 if 20 <= t < 50 else 40.0, split=False).run(50)
-    assert max(k.d.desired for k in log) >= 5
-    assert all(k.d.panic for k in log if 21 <= k.t < 40)
+@pytest.mark.parametrize("startup_s", [0.7, 2.0, 5.0])
+def test_from_zero_asks_for_what_the_offered_load_needs(startup_s: float) -> None:
+    """load.bench from-zero in pure form: an empty pool, then 80 rps (4 in flight: 2
+    replicas at target 3). The first replica starts at once; the requests that queue
+    for it are no demand, so 2 are asked for, 3 at most while they come."""
+    rules = replace(BENCH, min_replicas=0)
+    pool = FluidPool(rules, lambda t: 80.0 if t >= 20 else 0.0, startup_s, ready=0)
+    pool.load.service_s = None  # never served: nothing known of the service time
+    log = pool.run(60)
+    assert all(k.d.desired == 0 for k in log if k.t < 20)
+    assert next(k for k in log if k.t > 20).d.desired == 1  # at the first tick
+    assert max(k.d.desired for k in log) <= 3
+    assert {k.d.desired for k in log if k.t >= 20 + 2 * startup_s + 10} == {2}
 
 
 @pytest.mark.parametrize(
     ("rate", "startup_s", "within_s"),
     [
-        (800.0, 0.7, 1.0),  # 40 in flight: 14 replicas' worth, seen at the first panic tick
-        (800.0, 15.0, 1.0),
-        (480.0, 0.7, 1.5),  # 24 in flight: exactly 8 replicas' worth
+        (800.0, 0.7, 2.0),  # 40 in flight: 14 replicas' worth, in half a panic window
+        (800.0, 15.0, 2.0),
+        (480.0, 0.7, 4.0),  # 24 in flight: exactly 8 replicas' worth, in a panic window
     ],
 )
 def test_a_sustained_overload_still_scales_to_max(
@@ -439,13 +450,12 @@ def test_a_sustained_overload_still_scales_to_max(
 
 
 def test_a_ramp_is_followed_up_to_max() -> None:
-    """Load that keeps rising (+1 in flight a second, 3 s a replica): after the first
-    panic settles, the stable average over the time since (and then the stable window)
-    follows it, a replica or two behind, to the maximum."""
+    """Load that keeps rising (+1 in flight a second, 3 s a replica): the panic follows
+    it, a replica or two ahead with the backlog, to the maximum."""
     log = FluidPool(BENCH, lambda t: 40.0 + max(0.0, t - 20) * 20, 0.7).run(60)
     first = next(k.t for k in log if k.d.desired > 1)
     at_max = next(k.t for k in log if k.d.desired == 8)
-    assert at_max <= 46  # 24 in flight (8 replicas' worth) at t = 42
+    assert at_max <= 44  # 24 in flight (8 replicas' worth) at t = 42
     span = [k for k in log if first <= k.t <= at_max]
     desired = [k.d.desired for k in span]
     assert desired == sorted(desired)
@@ -453,180 +463,47 @@ def test_a_ramp_is_followed_up_to_max() -> None:
     assert all(k.d.desired == 8 for k in log if k.t >= at_max)
 
 
-def scripted(rules: ScalingRules, profile: list[tuple[float, float]], startup_s: float) -> Sim:
-    """Feed ``profile`` ((in flight, queued) per 0.5 s tick, after 20 s of 1-2 in flight)
-    to a scaler whose decisions start replicas that are ready ``startup_s`` later."""
-    sim = Sim(rules, ready=1, now=0.0, startup_s=startup_s)
-    scaler = sim.scaler
-    for i in range(40):
-        sim.now = (i + 1) * 0.5
-        scaler.record(sim.now, 1.0 + i % 2)
-        scaler.decide(sim.now, 1, 0)
-    sim.log.clear()
-    for inflight, queued in profile:
-        sim.now += 0.5
-        up = [t for t in sim.starts if sim.now - t >= startup_s]
-        sim.starts = [t for t in sim.starts if sim.now - t < startup_s]
-        sim.ready += len(up)
-        scaler.record(sim.now, inflight + queued, queued)
-        capacity = sim.capacity
-        d = scaler.decide(sim.now, sim.ready, len(sim.starts))
-        if d.desired > capacity:
-            sim.starts += [sim.now] * (d.desired - capacity)
-        elif d.desired < capacity:
-            sim.ready -= min(sim.ready, capacity - d.desired)
-        sim.log.append((sim.now, capacity, d))
-    return sim
-
-
-STEADY = [(6.0 + i % 4, 0.0) for i in range(56)]  # 6-9 in flight: 3 replicas at target 3
-
-
-@pytest.mark.parametrize(
-    ("backlog", "top"),
-    [
-        # (in flight, queued) per 0.5 s from the step: one replica's 4 slots busy while
-        # ~90 queue, then the new replicas drain the queue
-        ([(4, 40), (4, 80), (4, 90), (12, 40), (9, 0)], 3),
-        ([(4, 20), (4, 60), (4, 90), (4, 95), (12, 40), (8, 0)], 5),  # noticed a tick late
-        ([(4, 60), (4, 90), (4, 90), (12, 30), (12, 5), (7, 0)], 4),
-    ],
-)
-@pytest.mark.parametrize("startup_s", [1.0, 1.5])
-def test_burst_table(backlog: list[tuple[float, float]], top: int, startup_s: float) -> None:
-    sim = scripted(BENCH, backlog + STEADY, startup_s)
-    desired = [d.desired for _, _, d in sim.log]
-    assert max(desired) == top  # Knative: 8 (the queue's 90 count as 30 replicas' worth)
-    drained = 20 + 0.5 * len(backlog)  # the first tick with nothing queued
-    settled = next(t for t, _, d in sim.log if t >= drained and not d.panic)
-    assert settled - drained <= 0.5  # at once, or one tick later if a replica just came
-    assert not any(d.panic for t, _, d in sim.log if t >= settled)
-    # the surplus goes a scale-down delay after the panic settled
-    shed = settled + BENCH.scale_down_delay_s
-    assert {d.desired for t, _, d in sim.log if t >= shed} == {3}
-    assert {d.desired for t, _, d in sim.log if t < shed and d.desired != 1} == {top}
-
-
-def test_a_backlog_settles_to_the_average_in_flight() -> None:
-    """Little's law: the queue began and ended empty, so the stretch's in-flight average
-    is the demand; both windows get it in place of every sample of the stretch."""
-    scaler = panicked()
-    scaler.record(21.5, 60.0, 40.0)  # ready now: three replicas' 12 slots, and 48 more
-    assert scaler.decide(21.5, 3, 0).panic  # the sample was taken while they started
-    scaler.record(22.0, 8.0, 0.0)
-    d = scaler.decide(22.0, 3, 0)
-    level = (4 + 4 + 20 + 8) / 4  # the in-flight parts of 20.5 ... 22.0: 9, as served
-    assert not d.panic
-    assert d.panic_concurrency == pytest.approx((4 * 2.0 + 4 * level) / 8)
-    assert d.stable_concurrency == pytest.approx((36 * 2.0 + 4 * level) / 40)
-    assert (d.desired, d.reason) == (3, "steady")  # nothing after the backlog yet: hold
-    for t in range(1, 11):  # 8 in flight: 3 replicas at target 3
-        scaler.record(22.0 + t * 0.5, 8.0)
-        d = scaler.decide(22.0 + t * 0.5, 3, 0)
-        assert (d.desired, d.panic) == (3, False)
-
-
-def panicked(rules: ScalingRules = BENCH) -> Scaler:
-    """20 s of 2 in flight on one replica, then a step whose queue makes a panic take
-    its first step to 3 at 20.5; at 21.0 the two new replicas are still starting."""
-    scaler = Scaler(rules, 0.0)
+def steady_scaler(demand: float = 2.0, ready: int = 1) -> Scaler:
+    """20 s of ``demand`` on ``ready`` replicas, sampled every 0.5 s."""
+    scaler = Scaler(BENCH, 0.0)
     for t in range(1, 41):
-        scaler.record(t * 0.5, 2.0)
-        scaler.decide(t * 0.5, 1, 0)
-    scaler.record(20.5, 44.0, 40.0)
-    assert scaler.decide(20.5, 1, 0).desired == 3  # the first step: (7 + 22) / 4 / 3
-    scaler.record(21.0, 84.0, 80.0)
-    assert scaler.decide(21.0, 1, 2).desired == 3  # starting: the queue grows anyway
+        scaler.record(t * 0.5, demand)
+        scaler.decide(t * 0.5, ready, 0)
     return scaler
 
 
 @pytest.mark.parametrize(
-    ("then", "now", "last", "panic"),
+    ("ready", "starting", "backlog", "desired"),
     [
-        ((3, 0), (3, 0), 8.0, False),  # all ready, queue empty: settled
-        ((3, 0), (3, 0), 11.0, False),  # ... with more in flight than at first: too
-        ((3, 0), (2, 0), 8.0, True),  # one of the three was lost: the capacity is unproven
-        ((2, 1), (2, 1), 8.0, True),  # one still starting
-        ((2, 1), (3, 0), 8.0, True),  # ... until just now: this sample was taken short
+        (3, 0, 0.0, 3),  # 8 offered: 3 replicas at target 3
+        (3, 0, 1.0, 3),  # 9: still 3
+        (3, 0, 4.0, 4),  # 12: one more to drain the queue in time
+        (3, 0, 10.0, 4),  # 18: still one more, at most
+        (2, 1, 10.0, 4),
+        (1, 3, 10.0, 4),
     ],
 )
-def test_settling_needs_the_capacity_asked_for(
-    then: tuple[int, int], now: tuple[int, int], last: float, panic: bool
+def test_the_backlog_adds_to_the_ask(
+    ready: int, starting: int, backlog: float, desired: int
 ) -> None:
-    scaler = panicked()
-    scaler.record(21.5, 12.0 + 30.0, 30.0)
-    assert scaler.decide(21.5, *then).panic  # the queue is draining
-    scaler.record(22.0, last, 0.0)
-    d = scaler.decide(22.0, *now)
-    assert d.panic is panic
-    assert d.desired == 3
+    scaler = steady_scaler(8.0, 3)
+    d = scaler.decide(20.5, ready, starting, backlog, 10)
+    assert d.desired == desired
+    assert d.stable_concurrency == pytest.approx(8.0)  # and the history holds none of it
 
 
-def test_a_panic_still_queueing_does_not_settle() -> None:
-    scaler = panicked()
-    for i, queued in enumerate([60.0, 30.0, 10.0, 1.0]):  # draining, never empty
-        scaler.record(21.5 + 0.5 * i, 12.0 + queued, queued)
-        d = scaler.decide(21.5 + 0.5 * i, 3, 0)
-        assert (d.panic, d.desired) == (True, 3)  # and falling: no further step
-
-
-def test_a_further_step_needs_a_panic_window_at_full_capacity() -> None:
-    """Still short with the three replicas: the queue keeps growing. The next step waits
-    for a whole panic window sampled with all three ready, then goes x2 (the threshold),
-    though the windows ask for the maximum."""
-    scaler = panicked()
-    scaler.record(21.5, 4.0 + 120.0, 120.0)
-    assert scaler.decide(21.5, 1, 2).desired == 3  # still starting
-    scaler.record(21.9, 12.0 + 150.0, 150.0)
-    assert scaler.decide(21.9, 2, 1).desired == 3  # the wake-ups as each one is ready
-    scaler.record(21.96, 12.0 + 152.0, 152.0)
-    assert scaler.decide(21.96, 3, 0).desired == 3  # all three now: the window starts
-    for i in range(1, 9):  # 24 more queued every 0.5 s: 3 x 4 slots serve too few
-        now = 21.96 + 0.5 * i
-        scaler.record(now, 12.0 + 152.0 + 24 * i, 152.0 + 24 * i)
-        d = scaler.decide(now, 3, 0)
-        assert (d.desired, d.panic) == (3 if now < 21.96 + 4 else 6, True), now
-    assert replicas_for(d.panic_concurrency, 3) > 8  # the windows ask for the max
-    scaler.record(26.46, 12.0 + 400.0, 400.0)
-    assert scaler.decide(26.46, 3, 3).desired == 6  # and now those are starting
-
-
-def test_a_draining_backlog_is_no_reason_to_step() -> None:
-    """Enough with the three replicas, but the queue takes longer than a panic window to
-    drain: concurrency falls over the window, so no further step, though the window's
-    average still asks for more than three."""
-    scaler = panicked()
-    scaler.record(21.5, 4.0 + 120.0, 120.0)
-    scaler.decide(21.5, 1, 2)
-    scaler.record(22.0, 12.0 + 150.0, 150.0)
-    scaler.decide(22.0, 3, 0)
-    for i in range(1, 13):  # 20 fewer queued every 0.5 s
-        now = 22.0 + 0.5 * i
-        queued = max(0.0, 150.0 - 20 * i)
-        scaler.record(now, (12.0 if queued else 8.0) + queued, queued)  # 8: the demand
-        d = scaler.decide(now, 3, 0)
-        assert d.desired == 3
-        assert d.panic or queued == 0  # until it settles
-        if d.panic:
-            assert replicas_for(d.panic_concurrency, 3) > 3
-
-
-def test_a_start_slower_than_the_stable_window_steps_again() -> None:
-    """Replicas that never come: the queue grows and grows; after a stable window with
-    no sample at full capacity, the panic steps anyway, still at most x threshold."""
-    scaler = Scaler(BENCH, 0.0)
-    for t in range(1, 41):
-        scaler.record(t * 0.5, 2.0)
-        scaler.decide(t * 0.5, 1, 0)
-    steps, want = [], 1
-    for i in range(1, 121):  # 60 s at 160 rps on one replica: 80 more queued a second
-        now, queued = 20.0 + 0.5 * i, 40.0 * i
-        scaler.record(now, 4.0 + queued, queued)
-        d = scaler.decide(now, 1, want - 1)
-        if d.desired != want:
-            steps.append((now, d.desired))
-        want = d.desired
-    assert steps == [(20.5, 3), (40.5, 6), (60.5, 8)]  # every stable window (20 s), x2
+def test_a_waiting_request_keeps_a_replica() -> None:
+    """No demand measured (nothing answered yet, say), but requests wait: the pool that
+    would scale to zero keeps, or gets, one replica."""
+    rules = replace(BENCH, min_replicas=0)
+    scaler = Scaler(rules, 0.0)
+    for t in range(1, 61):
+        scaler.record(float(t), 0.0)
+        assert scaler.decide(float(t), 1, 0, 0.0, 5).desired == 1
+    later = 61.0 + rules.scale_down_delay_s
+    assert scaler.decide(later, 1, 0).desired == 0  # nothing waited for a delay: zero
+    d = scaler.decide(later + 1, 0, 0, 0.0, 1)
+    assert (d.desired, d.reason) == (1, "from_zero")
 
 
 # -- clamps --------------------------------------------------------------------------------
