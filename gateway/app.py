@@ -281,8 +281,9 @@ class Gateway:
             driver = self.drivers[key] = self._make_driver(settings)
             self._spawn(self._forward_hints(driver))
         scaler = PoolAutoscaler(
-            pool, settings, driver, self.ledger, self.session, self.clock, self.recorder
-        )
+            pool, settings, driver, self.ledger, self.session, self.clock, self.recorder,
+            Path(self.config.state_dir).expanduser(),
+        )  # fmt: skip
         self.autoscalers[pool.name] = scaler
         self._scaler_tasks[pool.name] = asyncio.create_task(scaler.run())
         pool.attach(scaler)
@@ -316,7 +317,11 @@ class Gateway:
     def _router(self, config: Config) -> Router[Target[Pool]]:
         return Router(
             [
-                (r.path, Target(self.pools[r.pool], RANKS[r.priority], r.priority_header), r.models)
+                (
+                    r.path,
+                    Target(self.pools[r.pool], RANKS[r.priority], r.priority_header, r.deadline_s),
+                    r.models,
+                )
                 for r in config.routes
             ]
         )

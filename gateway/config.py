@@ -79,6 +79,9 @@ AbsolutePath = Annotated[str, AfterValidator(_absolute)]
 class Route(_Model):
     path: AbsolutePath
     pool: str
+    # how long its requests may wait for a response head (X-Deadline-Ms overrides):
+    # one expected to wait longer is refused at once (admission.py); None: no deadline
+    deadline_s: float | None = Field(None, gt=0)
     # OpenAI API routes: requests whose JSON body's ``model`` is this (or an alias) go to
     # ``pool``; a route with the same path and no model takes the others
     model: str | None = Field(None, min_length=1)
@@ -162,6 +165,9 @@ class Autoscale(_Model):
     panic_threshold: float = Field(2.0, ge=1)
     scale_down_delay_s: float = Field(30.0, ge=0)
     startup_timeout_s: float = Field(120.0, gt=0)
+    # a replica's start-up time until one is measured (then the median of the last 16,
+    # kept in state_dir): the wait a request on a cold pool is told to expect
+    expected_startup_s: float = Field(10.0, gt=0)
     drain_timeout_s: float = Field(30.0, ge=0)
     tick_s: float = Field(1.0, gt=0)  # how often the reconcile loop samples and acts
     cold_start: ColdStart = ColdStart()

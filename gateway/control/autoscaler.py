@@ -24,9 +24,10 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections import deque
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -46,6 +47,7 @@ from gateway.control.scaling import (
     ScalingRules,
     plan,
 )
+from gateway.control.startup import StartupTimes
 from gateway.dataplane.pool import Pool
 from gateway.dataplane.replica import Replica
 from gateway.recorder import NULL_RECORDER, Recorder
@@ -66,6 +68,7 @@ class PoolAutoscaler:
         session: aiohttp.ClientSession,
         clock: Callable[[], float],
         recorder: Recorder = NULL_RECORDER,
+        state_dir: Path | None = None,
     ) -> None:
         self.pool = pool
         self.driver = driver
@@ -78,9 +81,9 @@ class PoolAutoscaler:
         self.decision: Decision | None = None
         self.scaler = Scaler(ScalingRules.from_config(settings), clock())
         self.load = OfferedLoad(pool.tally, clock())
+        kept = None if state_dir is None else state_dir / "startup" / f"{quote(pool.name, '')}.json"
+        self.startup = StartupTimes(settings.expected_startup_s, kept)
         self.apply(settings)
-        self.expected_start_s = 0.0  # the mean of the last few start-up times
-        self._startup_times: deque[float] = deque(maxlen=8)
         self.start_failures = StartFailures(MAX_BACKOFF_S)  # reset once one stays up
         self._outage = Outage()
         self._strays = Strays()
@@ -90,6 +93,7 @@ class PoolAutoscaler:
         """Take new settings; replicas and the load history are kept."""
         self.settings = settings
         self.scaler.rules = ScalingRules.from_config(settings)
+        self.startup.seed_s = settings.expected_startup_s
 
     # -- what the pool sees of it (pool.Scaling) -------------------------------------------
 
@@ -99,6 +103,13 @@ class PoolAutoscaler:
 
     def on_demand(self) -> None:
         self.wake.set()
+
+    def ready_in_s(self) -> float:
+        """How soon the next replica is expected to be ready: the oldest start's
+        remaining time (0 once overdue), or a whole start-up if none is under way."""
+        now, expected = self.clock(), self.startup.expected_s
+        ages = [now - m.since for m in self.members.values() if m.state == "starting"]
+        return max(0.0, expected - max(ages)) if ages else expected
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -124,15 +135,17 @@ class PoolAutoscaler:
 
     async def tick(self) -> None:
         now, pool = self.clock(), self.pool
-        offered = self.load.update(pool.tally, now)
+        offered = self.load.update(pool.tally, now, pool.service_s)
         # until an answer gave a service time, what the replicas hold stands for demand
         self.scaler.record(now, pool.working if offered is None else offered)
         await self._observe()
         count, queued = self.count, pool.queued
-        horizon_s = max(self.settings.panic_window_s, self.expected_start_s)
+        horizon_s = max(self.settings.panic_window_s, self.startup.expected_s)
         backlog = self.load.backlog_concurrency(queued, horizon_s)
+        # on a cold pool, requests refused for their deadline wait for nothing, yet ask
+        waiting = queued or int(pool.is_cold and self.load.rate > 0)
         self.decision = decision = self.scaler.decide(
-            now, count["ready"], count["starting"], backlog, queued
+            now, count["ready"], count["starting"], backlog, waiting
         )
         views = [m.view(now) for m in self.members.values() if not m.busy]
         todo = plan(decision.desired, views)
@@ -316,8 +329,7 @@ class PoolAutoscaler:
             return
         member.ready_at = self.clock()
         startup_s = member.ready_at - member.since
-        self._startup_times.append(startup_s)
-        self.expected_start_s = sum(self._startup_times) / len(self._startup_times)
+        self.startup.add(startup_s)
         member.state = "ready"
         member.replica = Replica(id=member.replica_id, url=url)
         self._publish()

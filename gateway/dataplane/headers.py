@@ -44,8 +44,9 @@ FORWARDING = frozenset(
 # anyway, "close" is no field (RFC 9110 registers the name so it never is one), and Host
 # must reach the replica whatever a client says.
 _NOT_REMOVABLE = HOP_BY_HOP | {"", "close", "host"}
-# forwarded as they are, and noted: a request's class and tenant come from them (priority.py)
-_NOTED = frozenset({"x-priority", "x-tenant", "authorization"})
+# forwarded as they are, and noted: a request's class, tenant (priority.py) and deadline
+# (admission.py) come from them
+_NOTED = frozenset({"x-priority", "x-tenant", "authorization", "x-deadline-ms"})
 _REQUEST_SPECIAL = HOP_BY_HOP | FORWARDING | _NOTED | {"host", "x-request-id"}
 _RESPONSE_DROP = HOP_BY_HOP | {"x-request-id"}  # the gateway sets its own on every answer
 # RFC 3986 uri-host (an IP literal in brackets, or a reg-name / IPv4) and an optional port
@@ -62,7 +63,7 @@ class RequestHeaders:
     hosts: int  # how many Host headers came
     host: str  # the first one's value ("" if none)
     request_id: str | None  # the client's first X-Request-ID, not yet checked
-    noted: dict[str, str]  # the first X-Priority, X-Tenant and Authorization, by lower name
+    noted: dict[str, str]  # the first of each ``_NOTED`` header, by lower-case name
 
 
 def split_request(headers: Iterable[tuple[str, str]]) -> RequestHeaders:

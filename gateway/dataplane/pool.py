@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway import config
+from gateway.dataplane.admission import ServiceTime, expected_wait_s, retry_after_s
 from gateway.dataplane.health import HealthRules
 from gateway.dataplane.hedging import Window, hedge_delay
 from gateway.dataplane.limits import ConcurrencyLimit
@@ -75,13 +76,12 @@ class NoCapacity(Exception):
 
 class Scaling(Protocol):
     """What an autoscaler managing the pool offers it: the bounds for requests that wait
-    on an empty pool, how long a replica typically takes to start, and a wake-up for
-    demand there."""
+    on an empty pool, how soon its next replica is expected to be ready, and a wake-up
+    for demand there."""
 
     @property
     def cold_start(self) -> config.ColdStart: ...
-    @property
-    def expected_start_s(self) -> float: ...
+    def ready_in_s(self) -> float: ...
     def on_demand(self) -> None: ...
 
 
@@ -118,6 +118,7 @@ class Pool:
         self._arrivals = self._answers = 0  # the running totals of ``tally``
         self._working = 0  # requests in flight on replicas, parked ones not counted
         self._busy_s, self._busy_at = 0.0, clock()  # the integral of ``_working`` up to then
+        self._service = ServiceTime(self.tally)
         self._queue = SlotQueue(
             lambda exclude, ask: self._pick(exclude, ask=ask), self._start, self.abandon
         )
@@ -192,6 +193,12 @@ class Pool:
         return Tally(self._arrivals, self._answers, self._busy_s)
 
     @property
+    def service_s(self) -> float | None:
+        """The mean time an answer holds a slot (``admission.ServiceTime``); None until
+        the first answer."""
+        return self._service.update(self.tally)
+
+    @property
     def is_cold(self) -> bool:
         """An autoscaled pool with no live replica: requests wait for one to start."""
         return self.scaling is not None and not self.has_alternative(frozenset())
@@ -245,7 +252,9 @@ class Pool:
         the request's prompt blocks (for a policy that reads them), class and tenant,
         which order the queue. A sheddable request is refused (429) when
         ``queue.sheddable_max_waiting`` requests wait already; a full queue sheds a
-        waiter to let a request in where ``SlotQueue.make_room`` allows it."""
+        waiter to let a request in where ``SlotQueue.make_room`` allows it. A request
+        with a deadline that must wait is refused at once if its expected wait is longer
+        (``admission.py``), and waits no longer than it."""
         if ask.rank == CRITICAL and not exclude:
             self._reserve.critical.add(self.clock())
         replica = self._pick(exclude, len(self._queue), ask=ask)
@@ -254,10 +263,11 @@ class Pool:
             return replica
         if exclude and not self.has_alternative(exclude):
             raise NoCapacity("no_replica", 1)
-        cold = self.is_cold
-        if cold:  # scale from zero: wait for the first replica under the cold-start bounds
-            assert self.scaling is not None
-            bounds = self.scaling.cold_start
+        scaling = self.scaling if self.is_cold else None
+        cold = scaling is not None
+        if scaling is not None:  # from zero: wait for the first replica, under cold-start
+            scaling.on_demand()  # bounds; a request refused below is demand too
+            bounds = scaling.cold_start
             limit, timeout_s = bounds.max_waiting, bounds.timeout_s
         else:
             limit, timeout_s = self.settings.queue.max_size, self.settings.queue.timeout_s
@@ -266,11 +276,11 @@ class Pool:
                 and len(self._queue) >= self.settings.queue.sheddable_max_waiting
             ):
                 raise self._refusal("shed", ask)
+        if ask.deadline_s is not None:
+            self._admit(ask, ask.deadline_s, scaling)
+            timeout_s = min(timeout_s, ask.deadline_s)
         if len(self._queue) >= limit and (cold or not self._queue.make_room(ask, self._shed)):
             raise self._refusal("cold_start_full" if cold else "queue_full", ask)
-        if cold:
-            assert self.scaling is not None
-            self.scaling.on_demand()
         since = self.clock()
         replica = await self._queue.wait(
             exclude, ask, timeout_s, lambda: NoCapacity("queue_timeout", self._retry_after())
@@ -278,10 +288,20 @@ class Pool:
         self.recorder.queue_wait(self.name, self.clock() - since)
         return replica
 
-    def _refusal(self, reason: str, ask: Ask) -> NoCapacity:
+    def _admit(self, ask: Ask, deadline_s: float, scaling: Scaling | None) -> None:
+        """Refuse a request that must wait, now, if it is expected to wait past its
+        deadline; ``scaling``: the autoscaler of a pool that is cold, else None."""
+        wait_s = expected_wait_s(
+            self._queue.ahead_of(ask.rank), self._slots(), self.service_s,
+            None if scaling is None else scaling.ready_in_s(),
+        )  # fmt: skip
+        if wait_s > deadline_s:
+            raise self._refusal("deadline", ask, retry_after_s(wait_s, deadline_s))
+
+    def _refusal(self, reason: str, ask: Ask, retry_after: int | None = None) -> NoCapacity:
         """A sheddable request is refused with 429 (asked to come back), others with 503."""
         status = 429 if ask.rank == SHEDDABLE else 503
-        return NoCapacity(reason, self._retry_after(), status)
+        return NoCapacity(reason, retry_after or self._retry_after(), status)
 
     def _shed(self, ask: Ask) -> NoCapacity:
         """What a waiter shed to make room gets (its request counts it as rejected)."""
@@ -507,11 +527,14 @@ class Pool:
         limit = max(1, math.floor(len(health) * HEDGE_EJECTED_PERCENT / 100))
         return len(health) > 1 and ejected + 1 <= limit
 
+    def _slots(self) -> int:
+        """The slots of the replicas that take requests: their caps."""
+        return sum(r.cap for r in self.replicas.values() if not r.draining)
+
     def _retry_after(self) -> int:
-        """A hint: the typical start-up time while cold, else one second per full round
-        of slots queued."""
+        """A hint: the time to the next replica's expected readiness while cold, else
+        one second per full round of slots queued."""
         if self.is_cold:
             assert self.scaling is not None
-            return max(1, math.ceil(self.scaling.expected_start_s))
-        slots = max(1, sum(r.cap for r in self.replicas.values()))
-        return max(1, math.ceil(len(self._queue) / slots))
+            return max(1, math.ceil(self.scaling.ready_in_s()))
+        return max(1, math.ceil(len(self._queue) / max(1, self._slots())))

@@ -30,6 +30,7 @@ class Target(Generic[P]):
     pool: P
     rank: int = STANDARD
     header_may_raise: bool = False  # the route's ``priority_header``
+    deadline_s: float | None = None  # the route's (``admission.deadline_of``)
 
 
 def rank_of(target: Target[P], header: str | None) -> int:

@@ -20,7 +20,10 @@ Deadlines: waiting for a slot is bounded by the queue (or cold-start) timeout; f
 first slot on, ``timeouts.request_s`` bounds the wait for a response head over all
 attempts (504 when it passes); ``timeouts.per_try_s`` bounds one attempt, so a hung
 replica can be abandoned for another while time remains; while a body streams,
-``request_s`` is the longest silence allowed between two chunks.
+``request_s`` is the longest silence allowed between two chunks. A request with a
+deadline of its own (the route's ``deadline_s``, or ``X-Deadline-Ms``) is bounded by it
+from arrival to response head, and refused at once if it is expected to wait longer
+(``admission.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
+from gateway.dataplane.admission import deadline_of
 from gateway.dataplane.backup import Answer, Backup, Outrun
 from gateway.dataplane.headers import (
     Network,
@@ -87,6 +91,8 @@ class _Call:
     headers: list[tuple[str, str]] = field(default_factory=list)  # what goes to a replica
     deadline: float | None = None  # for the response head, set once the first slot is had:
     # queue waits have their own bounds, so a long cold start does not eat the request's time
+    due: float | None = None  # the client's deadline (route or X-Deadline-Ms), if it has one:
+    # it bounds everything, queue waits included
     attempts: int = 0  # sent to a replica so far, hedges included
     tried: frozenset[str] = frozenset()  # the replicas they went to
 
@@ -143,10 +149,17 @@ class Proxy:
             return self._finish(call, "", exc.status)
         call.pool = pool = target.pool
         peer, noted = exchange.remote, head.noted
+        try:
+            deadline_s = deadline_of(target.deadline_s, noted.get("x-deadline-ms"))
+        except ValueError as exc:
+            return self._error(call, 400, str(exc))
+        if deadline_s is not None:
+            call.due = call.started + deadline_s
         call.ask = Ask(
             prompt_blocks(request) if pool.reads_prompt else (),
             rank_of(target, noted.get("x-priority")),
             tenant_of(noted.get("x-tenant"), noted.get("authorization"), peer),
+            None if call.due is None else max(0.0, call.due - self.clock()),
         )
         headers = head.end_to_end
         headers += forwarding_headers(head.forwarding, peer, is_trusted(peer, self.trusted_proxies))
@@ -191,6 +204,8 @@ class Proxy:
             call.tried |= {replica.id}
             if call.deadline is None:
                 call.deadline = self.clock() + pool.settings.timeouts.request_s
+                if call.due is not None:
+                    call.deadline = min(call.deadline, call.due)
             hedge = self._hedge(call, replica) if call.attempts < attempts else None
             try:
                 answer = await self._attempt(call, replica, hedge)

@@ -35,6 +35,7 @@ class Ask:
     prompt: Sequence[int] = ()  # its prompt's blocks, for a policy that reads them
     rank: int = STANDARD  # its class: lower goes first
     tenant: str = ""  # whom it is fair among
+    deadline_s: float | None = None  # the longest it may wait (``admission.py``)
 
 
 PLAIN = Ask()
@@ -61,6 +62,10 @@ class SlotQueue:
 
     def __len__(self) -> int:
         return self._count
+
+    def ahead_of(self, rank: int) -> int:
+        """How many waiters a newcomer of class ``rank`` would have ahead of it."""
+        return sum(len(ws) for tenants in self._classes[: rank + 1] for ws in tenants.values())
 
     async def wait(
         self,

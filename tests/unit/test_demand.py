@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.control.demand import SERVICE_MEMORY, OfferedLoad
+from gateway.control.demand import OfferedLoad
+from gateway.dataplane.admission import ServiceTime
 from gateway.dataplane.pool import Tally
 
 
 def test_no_service_time_before_an_answer() -> None:
-    load = OfferedLoad(Tally(0, 0, 0.0), 0.0)
-    assert load.update(Tally(40, 0, 3.0), 1.0) is None  # 40 arrived, none answered yet
+    load, service = OfferedLoad(Tally(0, 0, 0.0), 0.0), ServiceTime(Tally(0, 0, 0.0))
+    tally = Tally(40, 0, 3.0)  # 40 arrived, none answered yet
+    assert load.update(tally, 1.0, service.update(tally)) is None
     assert load.rate == 40.0
     assert load.backlog_concurrency(100, 4.0) == 0.0  # their cost is unknown
 
@@ -27,42 +29,23 @@ def test_no_service_time_before_an_answer() -> None:
 def test_offered_concurrency(
     steps: list[tuple[int, int, float]], rate: float, service_s: float, offered: float
 ) -> None:
-    load = OfferedLoad(Tally(0, 0, 0.0), 0.0)
+    load, service = OfferedLoad(Tally(0, 0, 0.0), 0.0), ServiceTime(Tally(0, 0, 0.0))
     arrivals = answers = 0
     busy = 0.0
     result = None
     for i, (a, b, s) in enumerate(steps, 1):
         arrivals, answers, busy = arrivals + a, answers + b, busy + s
-        result = load.update(Tally(arrivals, answers, busy), float(i))
+        tally = Tally(arrivals, answers, busy)
+        result = load.update(tally, float(i), service.update(tally))
     assert load.rate == rate
     assert load.service_s == pytest.approx(service_s)
     assert result == pytest.approx(offered)
 
 
-def test_a_long_answer_counts_whole_across_updates() -> None:
-    """Updates without an answer carry their slot-seconds to the next that has one:
-    eight streams of 8 s (one answer a second, 8 slot-seconds a second), answered two
-    at a time every other second, are 8 s each, not the 16 s or 0 s of single updates."""
-    load = OfferedLoad(Tally(0, 0, 0.0), 0.0)
-    load.update(Tally(1, 1, 8.0), 1.0)
-    for i in range(2, 10):
-        load.update(Tally(i, 2 * (i // 2), 8.0 * i), float(i))
-        assert load.service_s == pytest.approx(8.0)
-
-
-def test_the_service_time_follows_slowly() -> None:
-    """A new mean weighs an update's answers against ``SERVICE_MEMORY`` answers."""
-    load = OfferedLoad(Tally(0, 0, 0.0), 0.0)
-    load.update(Tally(10, 10, 1.0), 1.0)  # 0.1 s each
-    load.update(Tally(26, 26, 1.0 + 16 * 0.3), 2.0)  # 16 answers of 0.3 s
-    weight = 16 / (16 + SERVICE_MEMORY)
-    assert load.service_s == pytest.approx(0.1 + weight * 0.2)
-
-
 def test_no_time_passed_keeps_the_rate() -> None:
     load = OfferedLoad(Tally(0, 0, 0.0), 0.0)
-    load.update(Tally(10, 10, 0.5), 1.0)
-    assert load.update(Tally(12, 12, 0.6), 1.0) == pytest.approx(10 * load.service_s)
+    load.update(Tally(10, 10, 0.5), 1.0, 0.05)
+    assert load.update(Tally(12, 12, 0.6), 1.0, 0.05) == pytest.approx(10 * 0.05)
 
 
 @pytest.mark.parametrize(
@@ -72,5 +55,5 @@ def test_the_backlog_is_served_within_the_horizon(
     queued: int, horizon_s: float, concurrency: float
 ) -> None:
     load = OfferedLoad(Tally(0, 0, 0.0), 0.0)
-    load.update(Tally(20, 20, 1.0), 1.0)  # 50 ms each
+    load.update(Tally(20, 20, 1.0), 1.0, 0.05)  # 50 ms each
     assert load.backlog_concurrency(queued, horizon_s) == pytest.approx(concurrency)

@@ -22,6 +22,7 @@ from gateway.control.scaling import (
     plan,
     replicas_for,
 )
+from gateway.dataplane.admission import ServiceTime
 from gateway.dataplane.pool import Tally
 
 RULES = ScalingRules(
@@ -329,7 +330,8 @@ class Tick:
 
 class FluidPool:
     """A pool as a deterministic fluid queue under a fake clock, closing the loop as the
-    reconcile loop does: the pool's totals go through ``demand.OfferedLoad``.
+    reconcile loop does: the pool's totals go through ``demand.OfferedLoad``, its service
+    time through ``admission.ServiceTime``.
 
     Requests arrive at ``rate(t)`` per second and take ``service_s`` on one of ``slots``
     per ready replica; when all slots are busy they wait in the gateway's queue. The loop
@@ -358,6 +360,7 @@ class FluidPool:
         self.queued = 0.0
         self.arrivals = self.answers = self.busy_s = 0.0  # the pool's totals, as fluids
         self.load = OfferedLoad(self.tally, start)
+        self.service = ServiceTime(self.tally)
         self.log: list[Tick] = []
 
     @property
@@ -380,7 +383,8 @@ class FluidPool:
             self.now = t
             self.ready += sum(1 for s in self.starts if s <= t)
             self.starts = [s for s in self.starts if s > t]
-            offered = self.load.update(self.tally, t)
+            tally = self.tally
+            offered = self.load.update(tally, t, self.service.update(tally))
             self.scaler.record(t, inflight if offered is None else offered)
             horizon_s = max(self.rules.panic_window_s, self.startup_s)
             backlog = self.load.backlog_concurrency(round(self.queued), horizon_s)
@@ -424,7 +428,6 @@ def test_from_zero_asks_for_what_the_offered_load_needs(startup_s: float) -> Non
     for it are no demand, so 2 are asked for, 3 at most while they come."""
     rules = replace(BENCH, min_replicas=0)
     pool = FluidPool(rules, lambda t: 80.0 if t >= 20 else 0.0, startup_s, ready=0)
-    pool.load.service_s = None  # never served: nothing known of the service time
     log = pool.run(60)
     assert all(k.d.desired == 0 for k in log if k.t < 20)
     assert next(k for k in log if k.t > 20).d.desired == 1  # at the first tick
