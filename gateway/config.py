@@ -145,6 +145,12 @@ class ColdStart(_Model):
     timeout_s: float = Field(60.0, gt=0)  # longest such wait, then 503
 
 
+class Slo(_Model):
+    """A latency target the autoscaler sizes the pool for (control/sizing.py)."""
+
+    queue_wait_p99_s: float = Field(gt=0)  # the p99 of the wait for a slot
+
+
 class Autoscale(_Model):
     driver: Literal["docker", "process"] = "docker"
     image: str = "inference-model:latest"  # backends/Dockerfile.model: the real model server
@@ -171,6 +177,7 @@ class Autoscale(_Model):
     drain_timeout_s: float = Field(30.0, ge=0)
     tick_s: float = Field(1.0, gt=0)  # how often the reconcile loop samples and acts
     cold_start: ColdStart = ColdStart()
+    slo: Slo | None = None  # None: sized by target_concurrency alone
     on_exit: Literal["keep", "stop"] = "keep"  # keep: adopt on restart; stop: drain and remove
 
 

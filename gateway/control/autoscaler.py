@@ -45,8 +45,10 @@ from gateway.control.scaling import (
     ReplicaState,
     Scaler,
     ScalingRules,
+    Servers,
     plan,
 )
+from gateway.control.sizing import wait_quantile_s
 from gateway.control.startup import StartupTimes
 from gateway.dataplane.pool import Pool
 from gateway.dataplane.replica import Replica
@@ -79,6 +81,8 @@ class PoolAutoscaler:
         self.members: dict[str, Member] = {}
         self.wake = asyncio.Event()
         self.decision: Decision | None = None
+        self.predicted_wait_p99_s: float | None = None  # Erlang C's, at the ready capacity
+        self._slots = max(1, round(settings.target_concurrency))  # per replica, as last seen
         self.scaler = Scaler(ScalingRules.from_config(settings), clock())
         self.load = OfferedLoad(pool.tally, clock())
         kept = None if state_dir is None else state_dir / "startup" / f"{quote(pool.name, '')}.json"
@@ -135,7 +139,8 @@ class PoolAutoscaler:
 
     async def tick(self) -> None:
         now, pool = self.clock(), self.pool
-        offered = self.load.update(pool.tally, now, pool.service_s)
+        service_s = pool.service_s
+        offered = self.load.update(pool.tally, now, service_s)
         # until an answer gave a service time, what the replicas hold stands for demand
         self.scaler.record(now, pool.working if offered is None else offered)
         await self._observe()
@@ -144,9 +149,13 @@ class PoolAutoscaler:
         backlog = self.load.backlog_concurrency(queued, horizon_s)
         # on a cold pool, requests refused for their deadline wait for nothing, yet ask
         waiting = queued or int(pool.is_cold and self.load.rate > 0)
+        servers = self._servers(service_s)
         self.decision = decision = self.scaler.decide(
-            now, count["ready"], count["starting"], backlog, waiting
+            now, count["ready"], count["starting"], backlog, waiting, servers
         )
+        self.predicted_wait_p99_s = None if servers is None else wait_quantile_s(
+            count["ready"] * servers.slots, decision.panic_concurrency, servers.service_s
+        )  # fmt: skip
         views = [m.view(now) for m in self.members.values() if not m.busy]
         todo = plan(decision.desired, views)
         for rid in todo.remove:
@@ -156,6 +165,14 @@ class PoolAutoscaler:
             self._spawn(self._drain(self.members[rid], decision.reason))
         if todo.start and now >= self.start_failures.until:
             await asyncio.gather(*(self._start(decision.reason) for _ in range(todo.start)))
+
+    def _servers(self, service_s: float | None) -> Servers | None:
+        """The service time and the slots per replica (the mean of the learnt ones),
+        for SLO sizing; None until a service time is measured."""
+        slots = [r.slots for r in self.pool.replicas.values() if not r.draining]
+        if slots:
+            self._slots = max(1, round(sum(slots) / len(slots)))
+        return None if service_s is None else Servers(service_s, self._slots)
 
     @property
     def count(self) -> dict[ReplicaState, int]:

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
+from gateway.control.sizing import replicas_for_wait
+
 if TYPE_CHECKING:
     from gateway.config import Autoscale
 
@@ -81,6 +83,7 @@ class ScalingRules:
     panic_window_s: float
     panic_threshold: float  # panic when the panic window asks for >= this x capacity
     scale_down_delay_s: float
+    queue_wait_p99_s: float | None = None  # the SLO (``sizing.py``); None: none
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
@@ -91,6 +94,8 @@ class ScalingRules:
             raise ValueError("need 0 < panic_window_s <= stable_window_s")
         if not self.panic_threshold >= 1 or not self.scale_down_delay_s >= 0:
             raise ValueError("need panic_threshold >= 1 and scale_down_delay_s >= 0")
+        if self.queue_wait_p99_s is not None and not self.queue_wait_p99_s > 0:
+            raise ValueError("queue_wait_p99_s must be > 0")
 
     @classmethod
     def from_config(cls, a: Autoscale) -> ScalingRules:
@@ -102,7 +107,16 @@ class ScalingRules:
             panic_window_s=a.panic_window_s,
             panic_threshold=a.panic_threshold,
             scale_down_delay_s=a.scale_down_delay_s,
+            queue_wait_p99_s=None if a.slo is None else a.slo.queue_wait_p99_s,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Servers:
+    """What SLO sizing needs to know of the replicas, as measured."""
+
+    service_s: float  # the time a request holds a slot
+    slots: int  # slots per replica, >= 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +126,7 @@ class Decision:
     reason: Reason  # why ``desired`` is what it is; a bounded label for metrics and logs
     stable_concurrency: float  # time-weighted average over the stable window
     panic_concurrency: float  # ... and over the panic window
+    slo_replicas: int = 0  # what the queue-wait SLO alone asks for (0: no SLO, or unknown)
 
 
 class Scaler:
@@ -123,6 +138,8 @@ class Scaler:
       the two windows' averages: up within a panic window, down only as the stable one
       falls. The backlog adds at most one replica to what the demand alone asks: a
       backlog is transient, and one replica more drains it at that replica's rate.
+    - With a queue-wait SLO and the ``servers`` measured, the demand asks for at least
+      the fewest replicas whose Erlang C p99 wait meets it (``sizing.py``).
     - While panicking, ``desired`` never drops: not below capacity, nor below any value
       recommended since the panic began. A panic ends a stable window after its
       condition (the panic window's demand at least ``panic_threshold`` x capacity)
@@ -193,11 +210,18 @@ class Scaler:
         return sum(recent) / len(recent) if recent else 0.0
 
     def decide(
-        self, now: float, ready: int, starting: int, backlog: float = 0.0, waiting: int = 0
+        self,
+        now: float,
+        ready: int,
+        starting: int,
+        backlog: float = 0.0,
+        waiting: int = 0,
+        servers: Servers | None = None,
     ) -> Decision:
         """The replicas the pool should have (ready + starting), once per tick.
         ``backlog``: the concurrency that would serve the requests queued now in time
-        (``demand.OfferedLoad.backlog_concurrency``); ``waiting``: how many there are."""
+        (``demand.OfferedLoad.backlog_concurrency``); ``waiting``: how many there are;
+        ``servers``: the service time and slots, for the SLO (None: not known yet)."""
         if ready < 0 or starting < 0 or not backlog >= 0 or waiting < 0:
             raise ValueError("replica counts, backlog and waiting must be >= 0")
         r = self.rules
@@ -208,8 +232,13 @@ class Scaler:
         self._panic_condition(now, capacity, panic_avg)
         panic = self._panic_seen is not None
         demand = max(stable, panic_avg)  # up on the short window, down on the long one
-        needed = replicas_for(demand, r.target_concurrency)
-        raw = min(replicas_for(demand + backlog, r.target_concurrency), needed + 1)
+        slo = 0
+        if r.queue_wait_p99_s is not None and servers is not None:
+            slo = replicas_for_wait(
+                demand, servers.service_s, servers.slots, r.queue_wait_p99_s, r.max_replicas
+            )
+        needed = max(replicas_for(demand, r.target_concurrency), slo)
+        raw = max(needed, min(replicas_for(demand + backlog, r.target_concurrency), needed + 1))
         if panic:
             raw = self._panic_high = max(raw, self._panic_high, capacity)
         asked = stable > 0 or waiting > 0 or bool(self._samples and self._samples[-1][1] > 0)
@@ -219,7 +248,7 @@ class Scaler:
         held, unclamped = self._delay_and_warm_up(now, raw, capacity)
         desired = min(max(unclamped, r.min_replicas), r.max_replicas)
         reason = _reason(desired, unclamped, held, raw, capacity, panic, from_zero)
-        return Decision(desired, panic, reason, stable, panic_avg)
+        return Decision(desired, panic, reason, stable, panic_avg, slo)
 
     def _panic_condition(self, now: float, capacity: int, panic_avg: float) -> None:
         """Enter, keep or leave panic. Panic compares the exact (unrounded) ask with the

@@ -57,7 +57,7 @@ def replicas_for_wait(
     the pool may have). 0 with no load."""
     if load <= 0:
         return 0
-    n = max(1, math.floor(load / slots))  # fewer would be saturated
+    n = min(most, max(1, math.floor(load / slots)))  # fewer would be saturated
     while n < most and wait_quantile_s(n * slots, load, service_s, quantile) > wait_s:
         n += 1
     return n

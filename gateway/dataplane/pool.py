@@ -113,6 +113,7 @@ class Pool:
         self.retry_budget = RetryBudget(clock)
         self.hedge_budget = RetryBudget(clock, min_per_s=HEDGE_RESERVE_PER_S)
         self._heads = Window()  # the pool's recent response heads: its hedge delay
+        self.waits = Window()  # recent waits for a slot, 0 for none: the measured quantiles
         self._limits: dict[str, ConcurrencyLimit] = {}  # replica id -> learnt limit
         self._reserve = Reserve()  # slots the lower classes leave free for critical ones
         self._arrivals = self._answers = 0  # the running totals of ``tally``
@@ -260,6 +261,7 @@ class Pool:
         replica = self._pick(exclude, len(self._queue), ask=ask)
         if replica is not None:
             self._start(replica)
+            self.waits.add(0.0)
             return replica
         if exclude and not self.has_alternative(exclude):
             raise NoCapacity("no_replica", 1)
@@ -285,7 +287,9 @@ class Pool:
         replica = await self._queue.wait(
             exclude, ask, timeout_s, lambda: NoCapacity("queue_timeout", self._retry_after())
         )
-        self.recorder.queue_wait(self.name, self.clock() - since)
+        waited_s = self.clock() - since
+        self.recorder.queue_wait(self.name, waited_s)
+        self.waits.add(waited_s)
         return replica
 
     def _admit(self, ask: Ask, deadline_s: float, scaling: Scaling | None) -> None:

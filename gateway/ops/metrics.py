@@ -101,7 +101,8 @@ class PrometheusRecorder(Recorder):
             "gateway_hedges_won", "Backup attempts that answered first", ["pool"], registry=r
         )
         self.rejections = Counter(
-            "gateway_rejected", "Requests refused with 503 (queue full, queue timeout)",
+            "gateway_rejected", "Requests refused for want of capacity, by reason (queue full, "
+            "queue timeout, shed, deadline, cold start full, no replica)",
             ["pool", "reason"], registry=r,
         )  # fmt: skip
         self.client_refusals = Counter(
@@ -261,6 +262,10 @@ class _Gauges(Collector):
         replicas = gauge("gateway_replicas", "Managed replicas by state", "pool", "state")
         desired = gauge("gateway_replicas_desired", "The autoscaler's decision", "pool")
         panic = gauge("gateway_autoscaler_panic", "1 while in panic mode", "pool")
+        wait_p99 = gauge(
+            "gateway_queue_wait_p99_seconds", "The p99 wait for a slot: measured (recent "
+            "requests), and predicted by the autoscaler's Erlang C model", "pool", "source",
+        )  # fmt: skip
         gpus = gauge("gateway_gpus", "GPUs known to the ledger", "state")
         view = self.view
         if view is None:
@@ -269,6 +274,8 @@ class _Gauges(Collector):
             depth.add_metric([pool.name], pool.queued)
             if pool.hedge_delay_s is not None:
                 hedge_after.add_metric([pool.name], pool.hedge_delay_s)
+            if pool.wait_p99_s is not None:
+                wait_p99.add_metric([pool.name, "measured"], pool.wait_p99_s)
             for r in pool.replicas:
                 inflight.add_metric([pool.name, r.id], r.inflight)
                 limit.add_metric([pool.name, r.id], r.limit)
@@ -289,7 +296,9 @@ class _Gauges(Collector):
                 if scaler.desired is not None:
                     desired.add_metric([pool.name], scaler.desired)
                     panic.add_metric([pool.name], float(scaler.panic))
+                if scaler.predicted_wait_p99_s is not None:
+                    wait_p99.add_metric([pool.name, "predicted"], scaler.predicted_wait_p99_s)
         gpus.add_metric(["allocated"], view.gpus_total - view.gpus_free)
         gpus.add_metric(["free"], view.gpus_free)
         yield from (inflight, limit, up, ejected, depth, hedge_after, estimate)
-        yield from (running, waiting, kv, age, replicas, desired, panic, gpus)
+        yield from (running, waiting, kv, age, replicas, desired, panic, wait_p99, gpus)

@@ -56,6 +56,8 @@ class AutoscaleView:
     max_replicas: int
     desired: int | None  # the last decision (None before the first)
     panic: bool
+    predicted_wait_p99_s: float | None  # Erlang C's p99 wait at the ready capacity (inf:
+    # saturated); None until a service time is measured
     states: tuple[tuple[str, int], ...]  # how many replicas it manages, by state
     members: tuple[ReplicaView, ...]  # every replica it manages, routable yet or not
 
@@ -67,6 +69,7 @@ class PoolView:
     inflight: int
     queued: int
     hedge_delay_s: float | None  # None while unknown or off
+    wait_p99_s: float | None  # the p99 of recent waits for a slot, 0 for none; None: too few
     replicas: tuple[ReplicaView, ...]  # those the pool routes among
     autoscale: AutoscaleView | None  # None: a static pool
 
@@ -126,10 +129,11 @@ def _pool(pool: Pool, scaler: PoolAutoscaler | None, ledger: GpuLedger) -> PoolV
             scaler.settings.max_replicas,
             decision.desired if decision else None,
             bool(decision and decision.panic),
+            scaler.predicted_wait_p99_s,
             tuple(scaler.count.items()),
             tuple(members),
         )
     return PoolView(
         pool.name, pool.settings.policy, pool.inflight, pool.queued, pool.hedge_after(),
-        replicas, autoscale,
+        pool.waits.quantile(99.0), replicas, autoscale,
     )  # fmt: skip

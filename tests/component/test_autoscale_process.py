@@ -146,6 +146,33 @@ async def test_gpus_are_never_given_out_twice(gateway, client, tmp_path: Path) -
     assert 'gateway_gpus{state="allocated"} 2.0' in text
 
 
+async def test_the_predicted_and_measured_p99_wait_are_exported(
+    gateway, client, tmp_path: Path
+) -> None:
+    """With a queue-wait SLO, the decision carries what it asks for, and /metrics shows
+    Erlang C's p99 wait beside the measured one."""
+    config = sim_pool(
+        tmp_path, "--service-ms", "20", "--slots", "2", max_replicas=2,
+        slo={"queue_wait_p99_s": 0.5},
+    )  # fmt: skip
+    gw = await gateway(config)
+    scaler = gw.autoscalers["default"]
+    await eventually(lambda: scaler.count["ready"] >= 1, within=15)
+
+    async def worker() -> None:
+        for _ in range(40):
+            async with client.post(f"{gw.url}/predict", data=b"{}") as resp:
+                assert resp.status == 200
+
+    await asyncio.gather(*(worker() for _ in range(3)))
+    await eventually(lambda: scaler.predicted_wait_p99_s is not None, within=5)
+    assert scaler.decision is not None and scaler.decision.slo_replicas >= 1
+    async with client.get(f"http://127.0.0.1:{gw.admin_port}/metrics") as resp:
+        text = await resp.text()
+    assert 'gateway_queue_wait_p99_seconds{pool="default",source="measured"}' in text
+    assert 'gateway_queue_wait_p99_seconds{pool="default",source="predicted"}' in text
+
+
 @pytest.mark.timeout(90)
 async def test_a_restarted_gateway_adopts_its_replicas(tmp_path: Path) -> None:
     port, admin = free_port(), free_port()

@@ -76,6 +76,19 @@ def test_defaults() -> None:
             "routes.1: a second route for /v1 with no model",
         ),
         (routed({"path": "/v1", "pool": "a", "model": ""}), "routes.0.model: "),
+        (routed({"path": "/v1", "pool": "a", "deadline_s": 0}), "routes.0.deadline_s: must be > 0"),
+        (
+            minimal(autoscale={"slo": {"queue_wait_p99_s": -1}}),
+            "pools.default.autoscale.slo.queue_wait_p99_s: must be > 0",
+        ),
+        (
+            minimal(autoscale={"slo": {}}),
+            "pools.default.autoscale.slo.queue_wait_p99_s: is required",
+        ),
+        (
+            minimal(autoscale={"expected_startup_s": 0}),
+            "pools.default.autoscale.expected_startup_s: must be > 0",
+        ),
     ],
 )
 def test_bad_keys_are_named(data: Any, expected: str) -> None:
