@@ -33,7 +33,7 @@ import aiohttp
 
 from gateway import config
 from gateway.control.backoff import backoff, retrying
-from gateway.control.demand import OfferedLoad
+from gateway.control.demand import OfferedLoad, backlog_left
 from gateway.control.drivers import Driver, Instance, ReplicaSpec
 from gateway.control.failures import Outage, StartFailures, Strays
 from gateway.control.gpus import GpuLedger
@@ -145,13 +145,12 @@ class PoolAutoscaler:
         self.scaler.record(now, pool.working if offered is None else offered)
         await self._observe()
         count, queued = self.count, pool.queued
-        horizon_s = max(self.settings.panic_window_s, self.startup.expected_s)
-        backlog = self.load.backlog_concurrency(queued, horizon_s)
+        servers = self._servers(service_s)
+        backlog, at_ready = self._backlog(now, count["ready"], queued, servers)
         # on a cold pool, requests refused for their deadline wait for nothing, yet ask
         waiting = queued or int(pool.is_cold and self.load.rate > 0)
-        servers = self._servers(service_s)
         self.decision = decision = self.scaler.decide(
-            now, count["ready"], count["starting"], backlog, waiting, servers
+            now, count["ready"], count["starting"], backlog, waiting, servers, at_ready
         )
         self.predicted_wait_p99_s = None if servers is None else wait_quantile_s(
             count["ready"] * servers.slots, decision.panic_concurrency, servers.service_s
@@ -165,6 +164,29 @@ class PoolAutoscaler:
             self._spawn(self._drain(self.members[rid], decision.reason))
         if todo.start and now >= self.start_failures.until:
             await asyncio.gather(*(self._start(decision.reason) for _ in range(todo.start)))
+
+    def _backlog(
+        self, now: float, ready: int, queued: int, servers: Servers | None
+    ) -> tuple[float, float]:
+        """The concurrency that would serve, within the horizon, the queue as it is, and
+        what is left of it when a replica started now would be ready (the start-up
+        credit: ``demand.backlog_left``)."""
+        if servers is None or not queued:
+            return 0.0, 0.0
+        expected = self.startup.expected_s
+        arriving = [
+            (expected - (now - m.since), float(servers.slots))
+            for m in self.members.values() if m.state == "starting"
+        ]  # fmt: skip
+        demand = self.scaler.average(now, self.settings.panic_window_s)
+        left = backlog_left(
+            queued, demand, servers.service_s, ready * servers.slots, arriving, expected
+        )
+        horizon_s = max(self.settings.panic_window_s, expected)
+        return (
+            self.load.backlog_concurrency(queued, horizon_s),
+            self.load.backlog_concurrency(left, horizon_s),
+        )
 
     def _servers(self, service_s: float | None) -> Servers | None:
         """The service time and the slots per replica (the mean of the learnt ones),

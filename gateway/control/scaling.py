@@ -137,7 +137,10 @@ class Scaler:
     - The ask is ``ceil((demand + backlog) / target)``, the demand being the higher of
       the two windows' averages: up within a panic window, down only as the stable one
       falls. The backlog adds at most one replica to what the demand alone asks: a
-      backlog is transient, and one replica more drains it at that replica's rate.
+      backlog is transient, and one replica more drains it at that replica's rate. It
+      keeps replicas in place for the queue as it is, but starts one only for what
+      will still be queued when that replica would be ready (the start-up credit:
+      replicas starting count as capacity from their expected ready times).
     - With a queue-wait SLO and the ``servers`` measured, the demand asks for at least
       the fewest replicas whose Erlang C p99 wait meets it (``sizing.py``).
     - While panicking, ``desired`` never drops: not below capacity, nor below any value
@@ -217,11 +220,14 @@ class Scaler:
         backlog: float = 0.0,
         waiting: int = 0,
         servers: Servers | None = None,
+        backlog_at_ready: float | None = None,
     ) -> Decision:
         """The replicas the pool should have (ready + starting), once per tick.
         ``backlog``: the concurrency that would serve the requests queued now in time
-        (``demand.OfferedLoad.backlog_concurrency``); ``waiting``: how many there are;
-        ``servers``: the service time and slots, for the SLO (None: not known yet)."""
+        (``demand.OfferedLoad.backlog_concurrency``), and ``backlog_at_ready`` what is
+        left of it when a replica started now would be ready (``demand.backlog_left``;
+        None: as much); ``waiting``: how many there are; ``servers``: the service time
+        and slots, for the SLO (None: not known yet)."""
         if ready < 0 or starting < 0 or not backlog >= 0 or waiting < 0:
             raise ValueError("replica counts, backlog and waiting must be >= 0")
         r = self.rules
@@ -238,7 +244,12 @@ class Scaler:
                 demand, servers.service_s, servers.slots, r.queue_wait_p99_s, r.max_replicas
             )
         needed = max(replicas_for(demand, r.target_concurrency), slo)
-        raw = max(needed, min(replicas_for(demand + backlog, r.target_concurrency), needed + 1))
+        drain = min(replicas_for(demand + backlog, r.target_concurrency), needed + 1)
+        grow = drain
+        if backlog_at_ready is not None:
+            grow = min(replicas_for(demand + backlog_at_ready, r.target_concurrency), needed + 1)
+        raw = max(needed, min(drain, capacity), grow)  # the backlog keeps what is there,
+        # and starts more only for what will still be queued when they are ready
         if panic:
             raw = self._panic_high = max(raw, self._panic_high, capacity)
         asked = stable > 0 or waiting > 0 or bool(self._samples and self._samples[-1][1] > 0)

@@ -165,8 +165,12 @@ async def test_the_predicted_and_measured_p99_wait_are_exported(
                 assert resp.status == 200
 
     await asyncio.gather(*(worker() for _ in range(3)))
-    await eventually(lambda: scaler.predicted_wait_p99_s is not None, within=5)
-    assert scaler.decision is not None and scaler.decision.slo_replicas >= 1
+
+    def sized() -> bool:
+        d = scaler.decision
+        return scaler.predicted_wait_p99_s is not None and d is not None and d.slo_replicas >= 1
+
+    await eventually(sized, within=5, what="a decision sized by the SLO")
     async with client.get(f"http://127.0.0.1:{gw.admin_port}/metrics") as resp:
         text = await resp.text()
     assert 'gateway_queue_wait_p99_seconds{pool="default",source="measured"}' in text

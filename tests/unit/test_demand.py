@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.control.demand import OfferedLoad
+from gateway.control.demand import OfferedLoad, backlog_left
 from gateway.dataplane.admission import ServiceTime
 from gateway.dataplane.pool import Tally
 
@@ -57,3 +57,29 @@ def test_the_backlog_is_served_within_the_horizon(
     load = OfferedLoad(Tally(0, 0, 0.0), 0.0)
     load.update(Tally(20, 20, 1.0), 1.0, 0.05)  # 50 ms each
     assert load.backlog_concurrency(queued, horizon_s) == pytest.approx(concurrency)
+
+
+@pytest.mark.parametrize(
+    ("queued", "demand", "capacity", "arriving", "at_s", "left"),
+    [
+        # 50 ms services: a slot spare clears 20 requests a second
+        (100, 2.0, 4.0, [], 5.0, 0.0),  # 2 slots spare: 40/s clears 100 in 2.5 s
+        (100, 2.0, 4.0, [], 2.0, 20.0),  # ... not yet at 2 s
+        (100, 4.0, 4.0, [], 5.0, 100.0),  # nothing spare: it stays
+        (100, 6.0, 4.0, [], 5.0, 300.0),  # short by 2 slots: it grows by 40/s
+        (100, 6.0, 4.0, [(1.0, 4.0)], 5.0, 0.0),  # a replica ready in 1 s: 2 spare after
+        (100, 6.0, 4.0, [(4.0, 4.0)], 5.0, 220.0),  # ready in 4 s: 260 by then, 40 cleared
+        (100, 6.0, 4.0, [(9.0, 4.0)], 5.0, 300.0),  # ready after the horizon: no credit
+        (100, 6.0, 4.0, [(-2.0, 4.0)], 5.0, 0.0),  # overdue: counted as here now
+        (0, 6.0, 0.0, [(3.0, 4.0), (1.0, 4.0)], 5.0, 120.0),  # cold: 120 by 1 s, 200 by 3 s
+    ],
+)
+def test_the_start_up_credit(
+    queued: int,
+    demand: float,
+    capacity: float,
+    arriving: list[tuple[float, float]],
+    at_s: float,
+    left: float,
+) -> None:
+    assert backlog_left(queued, demand, 0.05, capacity, arriving, at_s) == pytest.approx(left)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from gateway.config import Autoscale
-from gateway.control.demand import OfferedLoad
+from gateway.control.demand import OfferedLoad, backlog_left
 from gateway.control.scaling import (
     Decision,
     Plan,
@@ -367,6 +367,23 @@ class FluidPool:
     def tally(self) -> Tally:
         return Tally(round(self.arrivals), round(self.answers), self.busy_s)
 
+    def backlog(self, t: float) -> tuple[float, float]:
+        """As the reconcile loop's: the queue, and what is left of it when a replica
+        started now would be ready, starting ones arriving on time (``backlog_left``)."""
+        service_s = self.load.service_s
+        if service_s is None:
+            return 0.0, 0.0
+        demand = self.scaler.average(t, self.rules.panic_window_s)
+        arriving = [(s - t, float(self.slots)) for s in self.starts]
+        left = backlog_left(
+            self.queued, demand, service_s, self.ready * self.slots, arriving, self.startup_s
+        )
+        horizon_s = max(self.rules.panic_window_s, self.startup_s)
+        return (
+            self.load.backlog_concurrency(self.queued, horizon_s),
+            self.load.backlog_concurrency(left, horizon_s),
+        )
+
     def run(self, until: float) -> list[Tick]:
         next_tick = self.now + self.tick_s
         inflight = 0.0
@@ -386,9 +403,10 @@ class FluidPool:
             tally = self.tally
             offered = self.load.update(tally, t, self.service.update(tally))
             self.scaler.record(t, inflight if offered is None else offered)
-            horizon_s = max(self.rules.panic_window_s, self.startup_s)
-            backlog = self.load.backlog_concurrency(round(self.queued), horizon_s)
-            d = self.scaler.decide(t, self.ready, len(self.starts), backlog, round(self.queued))
+            backlog, at_ready = self.backlog(t)
+            d = self.scaler.decide(
+                t, self.ready, len(self.starts), backlog, round(self.queued), None, at_ready
+            )
             self.log.append(Tick(t, inflight, self.queued, self.ready, len(self.starts), d))
             live = self.ready + len(self.starts)
             self.starts += [t + self.startup_s] * max(0, d.desired - live)
@@ -493,6 +511,23 @@ def test_the_backlog_adds_to_the_ask(
     d = scaler.decide(20.5, ready, starting, backlog, 10)
     assert d.desired == desired
     assert d.stable_concurrency == pytest.approx(8.0)  # and the history holds none of it
+
+
+@pytest.mark.parametrize(
+    ("ready", "starting", "at_ready", "desired"),
+    [
+        (3, 0, 4.0, 4),  # still queued when a new replica would be ready: it starts
+        (3, 0, 0.0, 3),  # cleared by then: no start for it
+        (4, 0, 0.0, 4),  # ... but the replicas in place stay while it drains
+        (3, 1, 0.0, 4),  # ... the one starting too
+    ],
+)
+def test_a_start_is_asked_for_only_if_the_queue_outlasts_it(
+    ready: int, starting: int, at_ready: float, desired: int
+) -> None:
+    """The start-up credit: 8 offered (3 replicas at target 3), a backlog worth 4 more."""
+    d = steady_scaler(8.0, 3).decide(20.5, ready, starting, 4.0, 10, None, at_ready)
+    assert d.desired == desired
 
 
 def test_a_waiting_request_keeps_a_replica() -> None:
