@@ -170,6 +170,9 @@ class Autoscale(_Model):
     panic_window_s: float = Field(6.0, gt=0)
     panic_threshold: float = Field(2.0, ge=1)
     scale_down_delay_s: float = Field(30.0, ge=0)
+    # min_replicas 0: the last replica is kept through this percentile of the pool's
+    # quiet spells once 10 are known (control/keepalive.py); until then, by the windows
+    keep_alive_percentile: float = Field(99.0, ge=50, lt=100)
     startup_timeout_s: float = Field(120.0, gt=0)
     # a replica's start-up time until one is measured (then the median of the last 16,
     # kept in state_dir): the wait a request on a cold pool is told to expect

@@ -37,6 +37,7 @@ from gateway.control.demand import OfferedLoad, backlog_left
 from gateway.control.drivers import Driver, Instance, ReplicaSpec
 from gateway.control.failures import Outage, StartFailures, Strays
 from gateway.control.gpus import GpuLedger
+from gateway.control.keepalive import KeepAlive, keep_alive
 from gateway.control.members import Member
 from gateway.control.readiness import await_ready
 from gateway.control.scaling import (
@@ -82,6 +83,7 @@ class PoolAutoscaler:
         self.wake = asyncio.Event()
         self.decision: Decision | None = None
         self.predicted_wait_p99_s: float | None = None  # Erlang C's, at the ready capacity
+        self.keep_alive: KeepAlive | None = None  # the windows last learnt, if any
         self._slots = max(1, round(settings.target_concurrency))  # per replica, as last seen
         self.scaler = Scaler(ScalingRules.from_config(settings), clock())
         self.load = OfferedLoad(pool.tally, clock())
@@ -150,8 +152,9 @@ class PoolAutoscaler:
         # on a cold pool, requests refused for their deadline wait for nothing, yet ask
         waiting = queued or int(pool.is_cold and self.load.rate > 0)
         self.decision = decision = self.scaler.decide(
-            now, count["ready"], count["starting"], backlog, waiting, servers, at_ready
-        )
+            now, count["ready"], count["starting"], backlog, waiting, servers, at_ready,
+            self._keep(now),
+        )  # fmt: skip
         self.predicted_wait_p99_s = None if servers is None else wait_quantile_s(
             count["ready"] * servers.slots, decision.panic_concurrency, servers.service_s
         )  # fmt: skip
@@ -187,6 +190,18 @@ class PoolAutoscaler:
             self.load.backlog_concurrency(queued, horizon_s),
             self.load.backlog_concurrency(left, horizon_s),
         )
+
+    def _keep(self, now: float) -> bool | None:
+        """The keep-alive's word on the last replica (``keepalive.py``): only for a pool
+        that may scale to zero, in a quiet spell, once its spells are learnt."""
+        quiet_since, settings = self.pool.quiet_since, self.settings
+        if quiet_since is None or settings.min_replicas:
+            return None
+        self.keep_alive = window = keep_alive(
+            self.pool.gaps, self.startup.expected_s, settings.keep_alive_percentile,
+            settings.tick_s,
+        )  # fmt: skip
+        return None if window is None else window.warm(now - quiet_since)
 
     def _servers(self, service_s: float | None) -> Servers | None:
         """The service time and the slots per replica (the mean of the learnt ones),

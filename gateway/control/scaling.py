@@ -43,6 +43,7 @@ Reason = Literal[
     "warming",
     "from_zero",
     "to_zero",
+    "keep_alive",
 ]
 ReplicaState = Literal["starting", "ready", "draining", "failed"]
 REPLICA_STATES: tuple[ReplicaState, ...] = get_args(ReplicaState)
@@ -155,7 +156,10 @@ class Scaler:
       for scaling down. Scaling up is never held back.
     - A waiting request asks for one replica at least; at capacity 0, any demand asks
       for one at once ("from_zero"). Scaling to zero needs a stable average of exactly 0,
-      and nothing waiting, for ``scale_down_delay_s``.
+      and nothing waiting, for ``scale_down_delay_s``; or, in a quiet spell of a pool
+      whose keep-alive is learnt (``keep``), that word alone decides the last replica:
+      kept (or started ahead of the calls expected) inside its window, gone outside it.
+      It never touches more than the last replica, nor a pool with requests waiting.
 
     ``rules`` may be replaced at any time (config reload); the history is kept.
     """
@@ -221,13 +225,16 @@ class Scaler:
         waiting: int = 0,
         servers: Servers | None = None,
         backlog_at_ready: float | None = None,
+        keep: bool | None = None,
     ) -> Decision:
         """The replicas the pool should have (ready + starting), once per tick.
         ``backlog``: the concurrency that would serve the requests queued now in time
         (``demand.OfferedLoad.backlog_concurrency``), and ``backlog_at_ready`` what is
         left of it when a replica started now would be ready (``demand.backlog_left``;
         None: as much); ``waiting``: how many there are; ``servers``: the service time
-        and slots, for the SLO (None: not known yet)."""
+        and slots, for the SLO (None: not known yet); ``keep``: the keep-alive's word on
+        the last replica of a pool quiet now (``keepalive.py``: True keep or pre-warm
+        one, False let it go; None: no word)."""
         if ready < 0 or starting < 0 or not backlog >= 0 or waiting < 0:
             raise ValueError("replica counts, backlog and waiting must be >= 0")
         r = self.rules
@@ -259,6 +266,8 @@ class Scaler:
         held, unclamped = self._delay_and_warm_up(now, raw, capacity)
         desired = min(max(unclamped, r.min_replicas), r.max_replicas)
         reason = _reason(desired, unclamped, held, raw, capacity, panic, from_zero)
+        if keep is not None and r.min_replicas == 0 and not waiting and desired <= 1:
+            desired, reason = (1, "keep_alive") if keep else (0, "to_zero")
         return Decision(desired, panic, reason, stable, panic_avg, slo)
 
     def _panic_condition(self, now: float, capacity: int, panic_avg: float) -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -62,6 +63,7 @@ log = logging.getLogger(__name__)
 
 HEDGE_RESERVE_PER_S = 1.0  # hedges allowed on top of the ratio, so a quiet pool can hedge too
 HEDGE_EJECTED_PERCENT = 25.0  # most replicas out at once for hanging under hedges (>= 1)
+GAPS_KEPT = 256  # quiet spells remembered
 
 
 class NoCapacity(Exception):
@@ -120,6 +122,9 @@ class Pool:
         self._working = 0  # requests in flight on replicas, parked ones not counted
         self._busy_s, self._busy_at = 0.0, clock()  # the integral of ``_working`` up to then
         self._service = ServiceTime(self.tally)
+        self.quiet_since: float | None = clock()  # nothing worked on nor queued since then
+        self.gaps: deque[float] = deque(maxlen=GAPS_KEPT)  # recent quiet spells, ended by
+        # an arrival: what the autoscaler's keep-alive learns from (``control/keepalive.py``)
         self._queue = SlotQueue(
             lambda exclude, ask: self._pick(exclude, ask=ask), self._start, self.abandon
         )
@@ -210,6 +215,9 @@ class Pool:
         """A client request arrived: the base of the retry and hedge budgets, and of the
         autoscaler's demand."""
         self._arrivals += 1
+        if self.quiet_since is not None:
+            self.gaps.append(self.clock() - self.quiet_since)
+            self.quiet_since = None
         self.retry_budget.record_request()
         self.hedge_budget.record_request()
 
@@ -361,9 +369,11 @@ class Pool:
             replica.parked += 1
             self._working -= 1
             self._queue.dispatch()
+            self._note_quiet()
         else:
             replica.parked -= 1
             self._working += 1
+            self.quiet_since = None
 
     def outrun(self, replica: Replica, waited_s: float) -> None:
         """Return the slot of an attempt whose hedge's backup answered first, after it had
@@ -450,6 +460,12 @@ class Pool:
         self._reserve.freed.add(self.clock())
         if replica.draining and not replica.inflight:
             self._drained(replica)
+        self._note_quiet()
+
+    def _note_quiet(self) -> None:
+        """A quiet spell begins when nothing is worked on and nothing waits."""
+        if not self._working and not self._queue and self.quiet_since is None:
+            self.quiet_since = self.clock()
 
     def _drained(self, replica: Replica) -> None:
         future = self._idle.pop(replica.id, None)
@@ -511,6 +527,7 @@ class Pool:
         self._count_busy()
         replica.inflight += 1
         self._working += 1
+        self.quiet_since = None  # (a retry's slot: no arrival, so no spell recorded)
         replica.health.unanswered += 1
         self.policy.on_start(replica)
 

@@ -177,6 +177,25 @@ async def test_the_predicted_and_measured_p99_wait_are_exported(
     assert 'gateway_queue_wait_p99_seconds{pool="default",source="predicted"}' in text
 
 
+async def test_a_learnt_keep_alive_lets_the_last_replica_go_after_the_usual_spell(
+    gateway, client, tmp_path: Path
+) -> None:
+    """Calls 0.5 s apart, ten times: the pool learns that a spell longer than ~0.6 s is
+    unusual, and goes to zero then, where its 10 s stable window would hold it 10 s."""
+    config = sim_pool(tmp_path, min_replicas=0, stable_window_s=10)
+    gw = await gateway(config)
+    scaler = gw.autoscalers["default"]
+    for _ in range(12):
+        async with client.post(f"{gw.url}/predict", data=b"{}") as resp:
+            assert resp.status == 200
+        await asyncio.sleep(0.5)
+    assert scaler.keep_alive is not None  # learnt: ten spells of a tick or more
+    t0 = time.monotonic()
+    await eventually(lambda: not records(tmp_path), within=8, what="the pool at zero")
+    assert time.monotonic() - t0 < 5  # not the stable window's 10 s
+    assert scaler.decision is not None and scaler.decision.reason == "to_zero"
+
+
 @pytest.mark.timeout(90)
 async def test_a_restarted_gateway_adopts_its_replicas(tmp_path: Path) -> None:
     port, admin = free_port(), free_port()
