@@ -151,6 +151,15 @@ class Slo(_Model):
     queue_wait_p99_s: float = Field(gt=0)  # the p99 of the wait for a slot
 
 
+class Tiers(_Model):
+    """Warm tiers for replicas scaled down (control/tiers.py): paused, then stopped
+    (docker), then removed."""
+
+    paused_s: float = Field(60.0, ge=0)  # held paused this long (0: not paused)
+    stopped_s: float = Field(600.0, ge=0)  # then held stopped this long (0: not stopped)
+    max_warm: int = Field(2, ge=0)  # replicas held in tiers at once, per pool
+
+
 class Autoscale(_Model):
     driver: Literal["docker", "process"] = "docker"
     image: str = "inference-model:latest"  # backends/Dockerfile.model: the real model server
@@ -181,6 +190,7 @@ class Autoscale(_Model):
     tick_s: float = Field(1.0, gt=0)  # how often the reconcile loop samples and acts
     cold_start: ColdStart = ColdStart()
     slo: Slo | None = None  # None: sized by target_concurrency alone
+    tiers: Tiers | None = None  # None: a replica scaled down is removed
     on_exit: Literal["keep", "stop"] = "keep"  # keep: adopt on restart; stop: drain and remove
 
 

@@ -75,6 +75,9 @@ class Recorder:
     def replica_ready(self, pool: str, startup_s: float) -> None:
         """A started replica passed its health check ``startup_s`` after its start."""
 
+    def replica_woken(self, pool: str, tier: str, wake_s: float) -> None:
+        """A replica held in ``tier`` passed its health check ``wake_s`` after its wake."""
+
     def driver_error(self, pool: str) -> None:
         """Listing the pool's replicas through its driver failed (the engine is away)."""
 

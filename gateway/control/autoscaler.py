@@ -51,6 +51,8 @@ from gateway.control.scaling import (
 )
 from gateway.control.sizing import wait_quantile_s
 from gateway.control.startup import StartupTimes
+from gateway.control.tiers import ORDER as TIERS
+from gateway.control.tiers import Tier, TierRules
 from gateway.dataplane.pool import Pool
 from gateway.dataplane.replica import Replica
 from gateway.recorder import NULL_RECORDER, Recorder
@@ -58,6 +60,8 @@ from gateway.recorder import NULL_RECORDER, Recorder
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 10.0  # SIGTERM grace for a replica that has already drained
+PAUSED_WAKE_S = 0.5  # a paused replica's expected wake, until one is measured
+KEEP_NOTHING = frozenset({"admin", "shutdown"})  # drains that hold nothing in a tier
 MAX_BACKOFF_S = 60.0  # the cap of the pause between failed starts, and between failed stops
 
 
@@ -89,6 +93,7 @@ class PoolAutoscaler:
         self.load = OfferedLoad(pool.tally, clock())
         kept = None if state_dir is None else state_dir / "startup" / f"{quote(pool.name, '')}.json"
         self.startup = StartupTimes(settings.expected_startup_s, kept)
+        self.wake_s: dict[Tier, float] = {"paused": PAUSED_WAKE_S}  # the last wake, per tier
         self.apply(settings)
         self.start_failures = StartFailures(MAX_BACKOFF_S)  # reset once one stays up
         self._outage = Outage()
@@ -100,6 +105,10 @@ class PoolAutoscaler:
         self.settings = settings
         self.scaler.rules = ScalingRules.from_config(settings)
         self.startup.seed_s = settings.expected_startup_s
+        tiers = settings.tiers
+        self.tiers = None if tiers is None else TierRules(
+            tiers.paused_s, tiers.stopped_s, tiers.max_warm, self.driver.tiers
+        )  # fmt: skip
 
     # -- what the pool sees of it (pool.Scaling) -------------------------------------------
 
@@ -111,11 +120,19 @@ class PoolAutoscaler:
         self.wake.set()
 
     def ready_in_s(self) -> float:
-        """How soon the next replica is expected to be ready: the oldest start's
-        remaining time (0 once overdue), or a whole start-up if none is under way."""
-        now, expected = self.clock(), self.startup.expected_s
-        ages = [now - m.since for m in self.members.values() if m.state == "starting"]
-        return max(0.0, expected - max(ages)) if ages else expected
+        """How soon the next replica is expected to be ready: the soonest start's (or
+        wake's) remaining time (0 once overdue); if none is under way, the wake of the
+        warmest replica held in a tier, or a whole start-up."""
+        now = self.clock()
+        etas = [m.since + m.expected_s - now for m in self.members.values()
+                if m.state == "starting"]  # fmt: skip
+        if etas:
+            return max(0.0, min(etas))
+        held = [tier for m in self.members.values() if (tier := _tier(m)) is not None]
+        return self._wake_expected(min(held, key=TIERS.index)) if held else self.startup.expected_s
+
+    def _wake_expected(self, tier: Tier) -> float:
+        return self.wake_s.get(tier, self.startup.expected_s)
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -165,8 +182,11 @@ class PoolAutoscaler:
                 self._spawn(self._remove(self.members[rid], "failed"))
         for rid in todo.drain:
             self._spawn(self._drain(self.members[rid], decision.reason))
+        for rid in todo.wake:
+            self._wake(self.members[rid], decision.reason)
         if todo.start and now >= self.start_failures.until:
             await asyncio.gather(*(self._start(decision.reason) for _ in range(todo.start)))
+        self._age_tiers(now)
 
     def _backlog(
         self, now: float, ready: int, queued: int, servers: Servers | None
@@ -248,11 +268,15 @@ class PoolAutoscaler:
             if rid in self.members:
                 continue  # adopted by an earlier attempt that then failed
             usable = instance.state == "running" and instance.url is not None
-            if usable and self.ledger.adopt(rid, instance.gpu_ids):
+            paused = instance.state == "paused" and self.tiers is not None
+            if (usable or paused) and self.ledger.adopt(rid, instance.gpu_ids):
                 member = Member(rid, "starting", now, instance)
                 self.members[rid] = member
-                self._spawn(self._await_ready(member))
-                log.info("pool %s: adopted replica %s", self.pool.name, rid)
+                if paused:
+                    member.state, member.tier_since = "paused", now
+                else:
+                    self._spawn(self._await_ready(member))
+                log.info("pool %s: adopted replica %s (%s)", self.pool.name, rid, member.state)
             else:
                 log.info("pool %s: removing leftover replica %s", self.pool.name, rid)
                 await self._stop_instance(instance)
@@ -273,6 +297,16 @@ class PoolAutoscaler:
             if member.instance is None or member.busy or member.state == "failed":
                 continue  # a start is in flight, or a drain/removal owns it
             instance = None if seen is None else seen.get(member.replica_id)
+            if member.state in TIERS:  # held: nothing to check but that it is still there
+                if seen is not None and instance is None:
+                    log.warning("pool %s: held replica %s is gone", self.pool.name,
+                                member.replica_id)  # fmt: skip
+                    self.ledger.release(member.replica_id)
+                    del self.members[member.replica_id]
+                elif member.state == "paused" and instance and instance.state == "exited":
+                    member.busy = True  # died while frozen: nothing left to wake
+                    self._spawn(self._remove(member, "failed"))
+                continue
             if seen is not None and (instance is None or instance.state == "exited"):
                 if member.state == "starting":
                     self._start_failed("exited", member.replica_id)
@@ -352,7 +386,7 @@ class PoolAutoscaler:
             network=settings.network,
             gpu_ids=gpus,
         )
-        member = Member(rid, "starting", self.clock())
+        member = Member(rid, "starting", self.clock(), expected_s=self.startup.expected_s)
         self.members[rid] = member
         try:
             async for attempt in retrying():
@@ -367,8 +401,10 @@ class PoolAutoscaler:
         self.recorder.scale_event(self.pool.name, "start", reason)
         self._spawn(self._await_ready(member))
 
-    async def _await_ready(self, member: Member) -> None:
-        """Poll the replica's health path until it answers 2xx, then add it to the pool."""
+    async def _await_ready(self, member: Member, woken: Tier | None = None) -> None:
+        """Poll the replica's health path until it answers 2xx, then add it to the pool;
+        the time it took is a start-up time, or the wake time of the tier it was
+        ``woken`` from."""
         health = self.pool.settings.health
         url = await await_ready(
             self.session, lambda: self._url_of(member), health.path, health.timeout_s,
@@ -383,12 +419,17 @@ class PoolAutoscaler:
             return
         member.ready_at = self.clock()
         startup_s = member.ready_at - member.since
-        self.startup.add(startup_s)
+        if woken is None:
+            self.startup.add(startup_s)
+            self.recorder.replica_ready(self.pool.name, startup_s)
+        else:
+            self.wake_s[woken] = startup_s
+            self.recorder.replica_woken(self.pool.name, woken, startup_s)
         member.state = "ready"
         member.replica = Replica(id=member.replica_id, url=url)
         self._publish()
-        self.recorder.replica_ready(self.pool.name, startup_s)
-        log.info("pool %s: replica %s ready after %.1f s", self.pool.name, url, startup_s)
+        how = "ready" if woken is None else f"awake from {woken}"
+        log.info("pool %s: replica %s %s after %.3f s", self.pool.name, url, how, startup_s)
         self.wake.set()  # requests may be waiting, and the plan may change
 
     def _start_failed(self, reason: str, detail: str, exc: BaseException | None = None) -> None:
@@ -419,7 +460,79 @@ class PoolAutoscaler:
             self.pool.drain(replica.id)
             self._publish()
             await self.pool.wait_drained(replica, self.settings.drain_timeout_s)
-        await self._remove(member, reason)
+        held = sum(m.state in TIERS for m in self.members.values())
+        tier = None
+        if self.tiers is not None and replica is not None and reason not in KEEP_NOTHING:
+            tier = self.tiers.first(held)
+        if tier is None:
+            await self._remove(member, reason)
+        else:
+            await self._demote(member, tier)
+
+    async def _demote(self, member: Member, tier: Tier) -> None:
+        """Hold a drained (or held) replica in ``tier``; one the driver fails to move
+        there is removed."""
+        member.busy = True
+        assert member.instance is not None
+        try:
+            if tier == "paused":
+                await self.driver.pause(member.instance)
+            else:
+                await self.driver.halt(member.instance, STOP_TIMEOUT_S)
+        except Exception as exc:
+            log.warning(
+                "pool %s: cannot hold replica %s %s (%s: %s); removing it",
+                self.pool.name, member.replica_id, tier, type(exc).__name__, exc,
+            )  # fmt: skip
+            await self._remove(member, "failed")
+            return
+        member.state, member.tier_since, member.replica = tier, self.clock(), None
+        member.busy = False
+        self._publish()
+        self.recorder.scale_event(self.pool.name, "demote", tier)
+        log.info("pool %s: replica %s %s", self.pool.name, member.replica_id, tier)
+
+    def _age_tiers(self, now: float) -> None:
+        """Move each held replica down a tier once its time in one is spent; past the
+        coldest, or with tiers off, it goes."""
+        for member in list(self.members.values()):
+            tier = _tier(member)
+            if tier is None or member.busy:
+                continue
+            after = None if self.tiers is None else self.tiers.after(tier, now - member.tier_since)
+            if after == tier:
+                continue
+            if after is None:
+                member.busy = True
+                self._spawn(self._remove(member, "idle"))
+            else:
+                member.busy = True
+                self._spawn(self._demote(member, after))
+
+    def _wake(self, member: Member, reason: str) -> None:
+        """Bring a held replica back: it is starting again from now, expected to take
+        its tier's last wake time."""
+        tier = _tier(member)
+        assert tier is not None
+        instance, member.instance = member.instance, None  # a start in flight, as seen
+        member.state, member.since = "starting", self.clock()
+        member.expected_s = self._wake_expected(tier)
+        member.ready_at = None
+        self.recorder.scale_event(self.pool.name, "wake", reason)
+        self._spawn(self._woken(member, instance, tier))
+
+    async def _woken(self, member: Member, instance: Instance | None, tier: Tier) -> None:
+        assert instance is not None
+        try:
+            member.instance = await self.driver.wake(instance)
+        except Exception as exc:  # the plan starts another in its place
+            log.warning("pool %s: cannot wake replica %s (%s: %s); removing it",
+                        self.pool.name, member.replica_id, type(exc).__name__, exc)  # fmt: skip
+            member.instance = instance
+            await self._remove(member, "failed")
+            return
+        log.info("pool %s: waking replica %s from %s", self.pool.name, member.replica_id, tier)
+        await self._await_ready(member, tier)
 
     async def _remove(self, member: Member, reason: str) -> None:
         member.busy = True
@@ -461,3 +574,8 @@ class PoolAutoscaler:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _tier(member: Member) -> Tier | None:
+    """The warm tier ``member`` is held in, if any."""
+    return member.state if member.state in TIERS else None

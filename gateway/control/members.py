@@ -22,6 +22,8 @@ class Member:
     stop_failures: int = 0  # failed removals in a row
     retry_at: float = 0.0  # a failed removal is not tried again before then
     ready_at: float | None = None  # when it passed its health check
+    expected_s: float = 0.0  # how long its start (or wake) is expected to take
+    tier_since: float = 0.0  # when it entered its warm tier (paused, stopped)
 
     def view(self, now: float) -> ReplicaView:
         """What ``scaling.plan`` weighs of it."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
 from gateway.control.sizing import replicas_for_wait
+from gateway.control.tiers import ORDER as TIER_ORDER
 
 if TYPE_CHECKING:
     from gateway.config import Autoscale
@@ -45,7 +46,8 @@ Reason = Literal[
     "to_zero",
     "keep_alive",
 ]
-ReplicaState = Literal["starting", "ready", "draining", "failed"]
+ReplicaState = Literal["starting", "ready", "draining", "failed", "paused", "stopped"]
+# (paused and stopped: held in a warm tier, ``tiers.py``; they count for nothing until woken)
 REPLICA_STATES: tuple[ReplicaState, ...] = get_args(ReplicaState)
 
 
@@ -308,11 +310,12 @@ class Plan:
     start: int  # how many new replicas to start
     drain: tuple[str, ...]  # replica ids to drain then stop (scale-down)
     remove: tuple[str, ...]  # failed replicas to remove now (they are replaced by ``start``)
+    wake: tuple[str, ...] = ()  # held replicas to wake, in place of as many starts
 
     @property
     def converged(self) -> bool:
         """Nothing to do (the loop must then make no driver call at all)."""
-        return self.start == 0 and not self.drain and not self.remove
+        return self.start == 0 and not self.drain and not self.remove and not self.wake
 
 
 def plan(desired: int, replicas: Sequence[ReplicaView]) -> Plan:
@@ -327,6 +330,9 @@ def plan(desired: int, replicas: Sequence[ReplicaView]) -> Plan:
       live > desired.
     - Among ready ones, the fewest in-flight requests go first (the shortest drain), then
       the youngest (the least warmed-up caches), then by id (deterministic).
+    - Replicas held in a warm tier (``tiers.py``) are not live; what is to be started is
+      woken from them first, the warmest tier first (paused, then stopped), and only the
+      rest is created.
     """
     if desired < 0:
         raise ValueError("desired must be >= 0")
@@ -334,7 +340,12 @@ def plan(desired: int, replicas: Sequence[ReplicaView]) -> Plan:
     ready = [v for v in replicas if v.state == "ready"]
     live = len(ready) + sum(v.state == "starting" for v in replicas)
     start = max(0, desired - live)
+    held = sorted(
+        (v for v in replicas if v.state in TIER_ORDER),
+        key=lambda v: (TIER_ORDER.index(v.state), v.replica_id),
+    )
+    wake = tuple(v.replica_id for v in held[:start])
     surplus = min(live - desired, len(ready) - desired)
     order = sorted(ready, key=lambda v: (v.inflight, v.age_s, v.replica_id))
     drain = tuple(v.replica_id for v in order[: max(0, surplus)])
-    return Plan(start, drain, remove)
+    return Plan(start - len(wake), drain, remove, wake)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STARTUP_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+WAKE_BUCKETS = (0.01, 0.025, 0.05, *STARTUP_BUCKETS)  # a paused replica wakes in ms
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 )  # fmt: skip
@@ -128,6 +129,10 @@ class PrometheusRecorder(Recorder):
             "gateway_replica_startup_seconds", "From start to passing the health check",
             ["pool"], buckets=STARTUP_BUCKETS, registry=r,
         )  # fmt: skip
+        self.wake = Histogram(
+            "gateway_replica_wake_seconds", "From waking a replica held in a warm tier to "
+            "passing the health check", ["pool", "tier"], buckets=WAKE_BUCKETS, registry=r,
+        )  # fmt: skip
         self.start_failures = Counter(
             "gateway_replica_start_failures", "Replica starts that failed, by reason",
             ["pool", "reason"], registry=r,
@@ -207,6 +212,9 @@ class PrometheusRecorder(Recorder):
 
     def replica_ready(self, pool: str, startup_s: float) -> None:
         self.startup.labels(pool).observe(startup_s)
+
+    def replica_woken(self, pool: str, tier: str, wake_s: float) -> None:
+        self.wake.labels(pool, tier).observe(wake_s)
 
     def driver_error(self, pool: str) -> None:
         self.driver_errors.labels(pool).inc()

@@ -196,6 +196,66 @@ async def test_a_learnt_keep_alive_lets_the_last_replica_go_after_the_usual_spel
     assert scaler.decision is not None and scaler.decision.reason == "to_zero"
 
 
+def process_state(pid: int) -> str:
+    """The kernel's one-letter state of ``pid``: T while stopped (SIGSTOP)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+async def scale_out_and_back(gw: Gateway, client: aiohttp.ClientSession) -> None:
+    """Load until two replicas serve, then none; every request answered."""
+    scaler = gw.autoscalers["default"]
+    await eventually(lambda: scaler.count["ready"] == 1, within=15)
+    done = asyncio.Event()
+    load = asyncio.create_task(load_until(client, f"{gw.url}/predict", 6, done))
+    await eventually(lambda: scaler.count["ready"] == 2, within=20, what="two replicas")
+    done.set()
+    assert set(await load) == {200}
+
+
+@pytest.mark.timeout(90)
+async def test_a_replica_scaled_down_is_held_paused_and_woken_under_load(
+    gateway, client, tmp_path: Path
+) -> None:
+    config = sim_pool(
+        tmp_path, "--service-ms", "100", "--slots", "2", max_replicas=2, gpus=[0, 1],
+        gpus_per_replica=1, tiers={"paused_s": 60, "max_warm": 1},
+    )  # fmt: skip
+    gw = await gateway(config)
+    scaler = gw.autoscalers["default"]
+    await scale_out_and_back(gw, client)
+    await eventually(lambda: scaler.count["paused"] == 1, within=20, what="one held paused")
+    held = next(m for m in scaler.members.values() if m.state == "paused")
+    pid = next(r["pid"] for r in records(tmp_path) if r["replica_id"] == held.replica_id)
+    assert process_state(pid) == "T"  # frozen
+    assert len(gw.ledger.allocated[held.replica_id]) == 1  # its GPU stays with it
+    done = asyncio.Event()
+    load = asyncio.create_task(load_until(client, f"{gw.url}/predict", 6, done))
+    await eventually(lambda: held.state == "ready", within=20, what="the held one woken")
+    done.set()
+    assert set(await load) == {200}
+    assert len(records(tmp_path)) == 2  # woken, not started anew
+    assert process_state(pid) in "RS"
+    async with client.get(f"http://127.0.0.1:{gw.admin_port}/metrics") as resp:
+        text = await resp.text()
+    assert 'gateway_replica_wake_seconds_count{pool="default",tier="paused"} 1.0' in text
+    assert 'gateway_scale_events_total{action="demote",pool="default",reason="paused"}' in text
+
+
+async def test_a_held_replica_goes_after_its_time_and_gives_its_gpu_back(
+    gateway, client, tmp_path: Path
+) -> None:
+    config = sim_pool(
+        tmp_path, "--service-ms", "100", "--slots", "2", max_replicas=2, gpus=[0, 1],
+        gpus_per_replica=1, tiers={"paused_s": 1, "max_warm": 1},
+    )  # fmt: skip
+    gw = await gateway(config)
+    scaler = gw.autoscalers["default"]
+    await scale_out_and_back(gw, client)
+    await eventually(lambda: scaler.count["paused"] == 1, within=20, what="one held paused")
+    await eventually(lambda: len(records(tmp_path)) == 1, within=10, what="the held one gone")
+    assert scaler.count["paused"] == 0 and len(gw.ledger.free) == 1
+
+
 @pytest.mark.timeout(90)
 async def test_a_restarted_gateway_adopts_its_replicas(tmp_path: Path) -> None:
     port, admin = free_port(), free_port()

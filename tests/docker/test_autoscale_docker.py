@@ -246,3 +246,72 @@ async def test_two_gateways_with_one_pool_name_leave_each_others_replicas_alone(
         await gw_b.stop()  # on_exit: stop removes b's replica, and only that one
     assert [c["Id"] for c in containers(client, pool, all=True)] == [theirs["Id"]]
     assert gw_a.autoscalers[pool].count["ready"] == 1
+
+
+def states(client: Any, pool: str) -> dict[str, str]:
+    """Container id -> its state (running, paused, exited ...), all of the pool's."""
+    return {c["Id"]: c["State"] for c in containers(client, pool, all=True)}
+
+
+async def scale_out_and_in(gw: Gateway, http: aiohttp.ClientSession, pool: str) -> None:
+    """Load until two replicas serve, then none; every request answered."""
+    scaler = gw.autoscalers[pool]
+    await eventually(lambda: scaler.count["ready"] == 1, within=30)
+    done = asyncio.Event()
+    load = asyncio.create_task(load_until(http, f"{gw.url}/predict", 6, done))
+    await eventually(lambda: scaler.count["ready"] == 2, within=40, what="two replicas")
+    done.set()
+    assert set(await load) == {200}
+
+
+async def test_a_replica_scaled_down_is_paused_then_stopped_then_woken_under_load(
+    pool, gateway, client, http, image
+) -> None:
+    """The warm tiers against the real engine: the container scaled down is paused
+    (``docker pause``), then stopped and kept, then started again for the next load,
+    with no client error; past its time in the coldest tier it is removed."""
+    config = docker_config(
+        pool, image, "--service-ms", "100", "--slots", "2", max_replicas=2,
+        tiers={"paused_s": 3, "stopped_s": 60, "max_warm": 1},
+    )  # fmt: skip
+    gw = await gateway(config)
+    scaler = gw.autoscalers[pool]
+    await scale_out_and_in(gw, http, pool)
+    await eventually(lambda: "paused" in states(client, pool).values(), within=30)
+    held = next(cid for cid, state in states(client, pool).items() if state == "paused")
+    await eventually(lambda: states(client, pool).get(held) == "exited", within=20)
+    assert scaler.count["stopped"] == 1 and len(states(client, pool)) == 2  # kept
+    done = asyncio.Event()
+    load = asyncio.create_task(load_until(http, f"{gw.url}/predict", 6, done))
+    await eventually(lambda: scaler.count["ready"] == 2, within=40, what="the held one woken")
+    assert states(client, pool).get(held) == "running"  # the same container, started again
+    done.set()
+    assert set(await load) == {200}
+    assert len(states(client, pool)) == 2  # none created in its place
+    async with http.get(f"http://127.0.0.1:{gw.admin_port}/metrics") as resp:
+        text = await resp.text()
+    assert f'gateway_replica_wake_seconds_count{{pool="{pool}",tier="stopped"}} 1.0' in text
+    scaler.apply(scaler.settings.model_copy(update={"tiers": None}))  # tiers off: it goes
+    await eventually(lambda: len(states(client, pool)) == 1, within=40)
+
+
+async def test_a_paused_replica_wakes_in_milliseconds(pool, gateway, client, http, image) -> None:
+    config = docker_config(
+        pool, image, "--service-ms", "100", "--slots", "2", max_replicas=2,
+        tiers={"paused_s": 120, "max_warm": 1},
+    )  # fmt: skip
+    gw = await gateway(config)
+    scaler = gw.autoscalers[pool]
+    await scale_out_and_in(gw, http, pool)
+    await eventually(lambda: scaler.count["paused"] == 1, within=30)
+    held = next(cid for cid, state in states(client, pool).items() if state == "paused")
+    done = asyncio.Event()
+    load = asyncio.create_task(load_until(http, f"{gw.url}/predict", 6, done))
+    await eventually(lambda: states(client, pool).get(held) == "running", within=20)
+    await eventually(lambda: scaler.count["ready"] == 2, within=20)
+    done.set()
+    assert set(await load) == {200}
+    assert scaler.wake_s["paused"] < 1.0  # thawed, not started: no model load
+    await eventually(lambda: scaler.count["paused"] == 1, within=30)  # held again
+    scaler.apply(scaler.settings.model_copy(update={"tiers": None}))  # a paused container
+    await eventually(lambda: len(states(client, pool)) == 1, within=30)  # is removed too

@@ -294,6 +294,40 @@ async def test_a_look_alike_of_another_instance_is_never_listed_or_stopped(
         assert other.status == "running"
 
 
+async def test_pause_halt_and_wake_a_replica_of_ours_only(
+    driver: DockerDriver, pool: str, image: str, client: Any
+) -> None:
+    """The warm tiers' calls: paused, woken (the same address), halted and kept, woken
+    again (a new address maybe: the engine picks the published port at each start);
+    stopping a paused container removes it. A look-alike is never touched."""
+    other = _look_alike(client, image, pool, {INSTANCE: "another-gateway"})
+    mine = await driver.start(_spec(pool, image))
+    assert mine.url is not None
+    await _wait_healthy(mine.url)
+    await driver.pause(mine)
+    [listed] = await driver.list(pool)
+    assert listed.state == "paused" and listed.url is None
+    woken = await driver.wake(listed)
+    assert woken.state == "running" and woken.url == mine.url
+    await _wait_healthy(woken.url)
+    await driver.halt(woken, timeout_s=5)
+    [listed] = await driver.list(pool)
+    assert listed.state == "exited" and listed.handle == mine.handle  # kept
+    woken = await driver.wake(listed)
+    assert woken.state == "running" and woken.url is not None
+    await _wait_healthy(woken.url)
+    await driver.pause(woken)
+    await driver.stop(woken, timeout_s=5)  # thawed, stopped, removed
+    assert await driver.list(pool) == []
+    fake = Instance(other.labels[REPLICA], pool, "running", None, (), other.id)
+    await driver.pause(fake)
+    await driver.halt(fake, 1)
+    with pytest.raises(LookupError):
+        await driver.wake(fake)
+    other.reload()
+    assert other.status == "running"
+
+
 async def test_two_instances_on_one_engine_see_only_their_own_replicas(
     driver: DockerDriver, pool: str, image: str
 ) -> None:

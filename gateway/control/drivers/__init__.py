@@ -26,7 +26,8 @@ INSTANCE = "io.inference-gateway.instance"  # the gateway's instance id: whose r
 GPUS = "io.inference-gateway.gpus"  # comma-separated device ids, "" for none
 MANAGER = "inference-gateway"
 
-InstanceState = Literal["created", "running", "exited"]
+InstanceState = Literal["created", "running", "paused", "exited"]
+Tier = Literal["paused", "stopped"]  # the warm tiers a driver may hold replicas in (tiers.py)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -66,6 +67,8 @@ class Instance:
 
 
 class Driver(Protocol):
+    tiers: frozenset[Tier]  # the warm tiers this runtime can hold a replica in
+
     async def list(self, pool: str) -> list[Instance]:
         """Every replica of ``pool`` this gateway manages, in any state."""
         ...
@@ -77,6 +80,20 @@ class Driver(Protocol):
 
     async def stop(self, instance: Instance, timeout_s: float) -> None:
         """Stop (SIGTERM, then SIGKILL after ``timeout_s``) and remove; idempotent."""
+        ...
+
+    async def pause(self, instance: Instance) -> None:
+        """Freeze a running replica (the ``paused`` tier): no CPU, memory kept."""
+        ...
+
+    async def halt(self, instance: Instance, timeout_s: float) -> None:
+        """Stop a replica (SIGTERM, SIGKILL after ``timeout_s``) but keep it (the
+        ``stopped`` tier), paused or not."""
+        ...
+
+    async def wake(self, instance: Instance) -> Instance:
+        """Bring a paused or stopped replica back to running; returns it as it is then
+        (a restarted container may have a new address). Readiness is the caller's."""
         ...
 
     def events(self) -> AsyncIterator[str]:

@@ -55,6 +55,7 @@ from gateway.control.drivers import (
     Instance,
     InstanceState,
     ReplicaSpec,
+    Tier,
     free_port,
 )
 
@@ -77,8 +78,8 @@ def container_name(replica_id: str) -> str:
 
 
 def _state(status: str) -> InstanceState:
-    # paused, restarting, removing and dead replicas serve nothing: the loop replaces them
-    if status in ("created", "running"):
+    # restarting, removing and dead replicas serve nothing: the loop replaces them
+    if status in ("created", "running", "paused"):
         return status  # type: ignore[return-value]
     return "exited"
 
@@ -93,6 +94,8 @@ class DockerDriver:
     ``init`` runs Docker's tiny init as PID 1 so SIGTERM reaches the server even when the
     image does not handle signals itself; stops then drain instead of waiting for SIGKILL.
     """
+
+    tiers: frozenset[Tier] = frozenset({"paused", "stopped"})
 
     def __init__(
         self,
@@ -208,19 +211,14 @@ class DockerDriver:
     async def stop(self, instance: Instance, timeout_s: float) -> None:
         """SIGTERM, SIGKILL after ``timeout_s`` (whole seconds, rounded up), then remove.
         Idempotent: a container already gone is fine. Refuses containers not ours."""
-        api = (await self._client()).api
-        ref = instance.handle or container_name(instance.replica_id)
         try:
-            attrs = await asyncio.to_thread(api.inspect_container, ref)
-            labels = (attrs.get("Config") or {}).get("Labels") or {}
-            ours = labels.get(MANAGED_BY) == MANAGER and labels.get(INSTANCE) == self.instance
-            if not ours or labels.get(REPLICA) != instance.replica_id:
-                log.warning("docker: not stopping %s: not our replica %s", ref, instance.replica_id)
+            attrs = await self._inspect_ours(instance, "stopping")
+            if attrs is None:
                 return
             cid = attrs["Id"]
             self._host_ports.pop(cid, None)
-            if (attrs.get("State") or {}).get("Running"):
-                await asyncio.to_thread(api.stop, cid, timeout=max(0, math.ceil(timeout_s)))
+            await self._halt(attrs, timeout_s)
+            api = (await self._client()).api
             await asyncio.to_thread(api.remove_container, cid, force=True)
         except docker.errors.NotFound:
             return
@@ -228,6 +226,32 @@ class DockerDriver:
             if exc.status_code == 409 and "in progress" in str(exc):
                 return  # someone (the engine, another stop) is already removing it
             raise
+
+    async def pause(self, instance: Instance) -> None:
+        attrs = await self._inspect_ours(instance, "pausing")
+        if attrs is not None and not (attrs.get("State") or {}).get("Paused"):
+            api = (await self._client()).api
+            await asyncio.to_thread(api.pause, attrs["Id"])
+
+    async def halt(self, instance: Instance, timeout_s: float) -> None:
+        attrs = await self._inspect_ours(instance, "halting")
+        if attrs is not None:
+            await self._halt(attrs, timeout_s)
+
+    async def wake(self, instance: Instance) -> Instance:
+        attrs = await self._inspect_ours(instance, "waking")
+        if attrs is None:
+            raise LookupError(f"no replica {instance.replica_id} of ours to wake")
+        api, cid = (await self._client()).api, attrs["Id"]
+        state = attrs.get("State") or {}
+        if state.get("Paused"):
+            await asyncio.to_thread(api.unpause, cid)
+        elif not state.get("Running"):
+            await asyncio.to_thread(api.start, cid)
+        rows = await asyncio.to_thread(api.containers, all=True, filters={"id": cid})
+        if not rows:
+            raise LookupError(f"replica {instance.replica_id} went while waking")
+        return await self._instance(rows[0])
 
     def events(self) -> AsyncIterator[str]:
         """Pool names of our containers that started, stopped, died or were removed.
@@ -258,6 +282,30 @@ class DockerDriver:
     def _ours(self) -> tuple[str, str]:
         """The engine's label filter for containers of this gateway instance."""
         return (f"{MANAGED_BY}={MANAGER}", f"{INSTANCE}={self.instance}")
+
+    async def _inspect_ours(self, instance: Instance, doing: str) -> dict[str, Any] | None:
+        """The container's inspect, if its labels say it is ``instance`` and this gateway
+        manages it; None (logged) for anything else. NotFound propagates."""
+        api = (await self._client()).api
+        ref = instance.handle or container_name(instance.replica_id)
+        attrs: dict[str, Any] = await asyncio.to_thread(api.inspect_container, ref)
+        labels = (attrs.get("Config") or {}).get("Labels") or {}
+        ours = labels.get(MANAGED_BY) == MANAGER and labels.get(INSTANCE) == self.instance
+        if not ours or labels.get(REPLICA) != instance.replica_id:
+            log.warning("docker: not %s %s: not our replica %s", doing, ref, instance.replica_id)
+            return None
+        return attrs
+
+    async def _halt(self, attrs: dict[str, Any], timeout_s: float) -> None:
+        """Stop a running container, paused or not (a frozen one is thawed first, or the
+        SIGTERM would wait for nothing); the container is kept."""
+        state = attrs.get("State") or {}
+        if not state.get("Running"):
+            return
+        api, cid = (await self._client()).api, attrs["Id"]
+        if state.get("Paused"):
+            await asyncio.to_thread(api.unpause, cid)
+        await asyncio.to_thread(api.stop, cid, timeout=max(0, math.ceil(timeout_s)))
 
     def _discard_created(self, creating: asyncio.Future[Any]) -> None:
         """A start cancelled while its container was being created must not leave that

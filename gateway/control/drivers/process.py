@@ -33,7 +33,7 @@ from pathlib import Path
 
 import orjson
 
-from gateway.control.drivers import MANAGER, Instance, ReplicaSpec, free_port
+from gateway.control.drivers import MANAGER, Instance, ReplicaSpec, Tier, free_port
 
 STOP_POLL_S = 0.05
 # What a replica inherits of the gateway's environment: enough to find programs, a home,
@@ -80,6 +80,8 @@ def _carries(pid: int, marker: str) -> bool:
 
 
 class ProcessDriver:
+    tiers: frozenset[Tier] = frozenset({"paused"})  # (a stopped process keeps nothing)
+
     def __init__(self, state_dir: str | Path, instance: str, cwd: str | None = None) -> None:
         self.state_dir = Path(state_dir).expanduser()
         self.instance = instance
@@ -131,6 +133,8 @@ class ProcessDriver:
         assert isinstance(pid, int)
         alive = await asyncio.to_thread(self._alive, record)  # /proc reads: off the loop
         if alive:
+            if record.get("paused"):
+                self._signal(pid, signal.SIGCONT)  # a stopped process takes no SIGTERM
             self._signal(pid, signal.SIGTERM)
             # An adopted replica is not our child, so there is nothing to wait on: poll.
             for _ in range(max(1, round(timeout_s / STOP_POLL_S))):
@@ -143,6 +147,35 @@ class ProcessDriver:
         if child is not None:
             await child.wait()
         await asyncio.to_thread(path.unlink, missing_ok=True)
+
+    async def pause(self, instance: Instance) -> None:
+        """SIGSTOP to the replica's session; the record says so, for ``list``."""
+        await self._freeze(instance, True)
+
+    async def halt(self, instance: Instance, timeout_s: float) -> None:
+        raise NotImplementedError("the process driver has no stopped tier")
+
+    async def wake(self, instance: Instance) -> Instance:
+        record = await self._freeze(instance, False)
+        if record is None:
+            raise LookupError(f"no replica {instance.replica_id} of ours to wake")
+        return self._instance(record)
+
+    async def _freeze(self, instance: Instance, paused: bool) -> dict[str, object] | None:
+        """Stop or continue a live replica of ours (only while its pid is still it);
+        the record, updated, or None if there is no such replica."""
+        path = self._path(instance.replica_id)
+        record = await asyncio.to_thread(self._read, path)
+        if record is None or not _well_formed(record) or not self._ours(record):
+            return None
+        if not await asyncio.to_thread(self._alive, record):
+            return None
+        pid = record["pid"]
+        assert isinstance(pid, int)
+        self._signal(pid, signal.SIGSTOP if paused else signal.SIGCONT)
+        record["paused"] = paused
+        await asyncio.to_thread(self._write, instance.replica_id, record)
+        return record
 
     async def events(self) -> AsyncIterator[str]:
         while True:
@@ -194,10 +227,11 @@ class ProcessDriver:
     def _instance(self, record: dict[str, object]) -> Instance:
         gpu_ids = record["gpu_ids"]
         assert isinstance(gpu_ids, list)
+        alive = self._alive(record)
         return Instance(
             replica_id=str(record["replica_id"]),
             pool=str(record["pool"]),
-            state="running" if self._alive(record) else "exited",
+            state=("paused" if record.get("paused") else "running") if alive else "exited",
             url=str(record["url"]),
             gpu_ids=tuple(str(g) for g in gpu_ids),
             handle=str(record["pid"]),
