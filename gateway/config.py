@@ -156,6 +156,9 @@ class Tiers(_Model):
     (docker), then removed."""
 
     paused_s: float = Field(60.0, ge=0)  # held paused this long (0: not paused)
+    # then asleep this long: the engine's sleep mode (vLLM's POST /sleep, /wake_up); 0:
+    # not used, as for an engine without one
+    asleep_s: float = Field(0.0, ge=0)
     stopped_s: float = Field(600.0, ge=0)  # then held stopped this long (0: not stopped)
     max_warm: int = Field(2, ge=0)  # replicas held in tiers at once, per pool
 

@@ -69,8 +69,12 @@ class Recorder:
         """A reload was applied (``ok``) or refused for a bad config."""
 
     def scale_event(self, pool: str, action: str, reason: str) -> None:
-        """The autoscaler started, drained or replaced a replica (``action``) because of
-        ``reason`` (the decision's reason word)."""
+        """The autoscaler started, drained, replaced, demoted or woke a replica
+        (``action``) because of ``reason`` (the decision's reason word, or the tier)."""
+
+    def replica_time(self, pool: str, state: str, replica_s: float, gpu_s: float) -> None:
+        """The pool's replicas in ``state`` held ``replica_s`` replica-seconds and
+        ``gpu_s`` GPU-seconds since the last call: what it costs, by tier."""
 
     def replica_ready(self, pool: str, startup_s: float) -> None:
         """A started replica passed its health check ``startup_s`` after its start."""

@@ -88,6 +88,7 @@ class PoolAutoscaler:
         self.decision: Decision | None = None
         self.predicted_wait_p99_s: float | None = None  # Erlang C's, at the ready capacity
         self.keep_alive: KeepAlive | None = None  # the windows last learnt, if any
+        self._counted_at = clock()  # replica-seconds are counted up to then
         self._slots = max(1, round(settings.target_concurrency))  # per replica, as last seen
         self.scaler = Scaler(ScalingRules.from_config(settings), clock())
         self.load = OfferedLoad(pool.tally, clock())
@@ -107,7 +108,8 @@ class PoolAutoscaler:
         self.startup.seed_s = settings.expected_startup_s
         tiers = settings.tiers
         self.tiers = None if tiers is None else TierRules(
-            tiers.paused_s, tiers.stopped_s, tiers.max_warm, self.driver.tiers
+            tiers.paused_s, tiers.asleep_s, tiers.stopped_s, tiers.max_warm,
+            self.driver.tiers | {"asleep"},  # asleep: the engine's, as the config says
         )  # fmt: skip
 
     # -- what the pool sees of it (pool.Scaling) -------------------------------------------
@@ -158,6 +160,7 @@ class PoolAutoscaler:
 
     async def tick(self) -> None:
         now, pool = self.clock(), self.pool
+        self._count_time(now)
         service_s = pool.service_s
         offered = self.load.update(pool.tally, now, service_s)
         # until an answer gave a service time, what the replicas hold stands for demand
@@ -231,6 +234,18 @@ class PoolAutoscaler:
             self._slots = max(1, round(sum(slots) / len(slots)))
         return None if service_s is None else Servers(service_s, self._slots)
 
+    def _count_time(self, now: float) -> None:
+        """Replica- and GPU-seconds since the last tick, by state: each member is taken
+        to have held its state since then (an error of a tick at most per change)."""
+        span_s, self._counted_at = now - self._counted_at, now
+        held: dict[ReplicaState, tuple[int, int]] = {}
+        allocated = self.ledger.allocated
+        for m in self.members.values():
+            replicas, gpus = held.get(m.state, (0, 0))
+            held[m.state] = replicas + 1, gpus + len(allocated.get(m.replica_id, ()))
+        for state, (replicas, gpus) in held.items():
+            self.recorder.replica_time(self.pool.name, state, replicas * span_s, gpus * span_s)
+
     @property
     def count(self) -> dict[ReplicaState, int]:
         counts: dict[ReplicaState, int] = dict.fromkeys(REPLICA_STATES, 0)
@@ -275,11 +290,19 @@ class PoolAutoscaler:
                 if paused:
                     member.state, member.tier_since = "paused", now
                 else:
-                    self._spawn(self._await_ready(member))
+                    self._spawn(self._adopted(member))
                 log.info("pool %s: adopted replica %s (%s)", self.pool.name, rid, member.state)
             else:
                 log.info("pool %s: removing leftover replica %s", self.pool.name, rid)
                 await self._stop_instance(instance)
+
+    async def _adopted(self, member: Member) -> None:
+        """An adopted running replica may be one a previous gateway put to sleep
+        (nothing tells it apart): with the asleep tier on, it is woken before use."""
+        if self.tiers is not None and self.tiers.asleep_s > 0 and member.instance is not None:
+            with contextlib.suppress(Exception):  # awake already, or no such engine: fine
+                await self._engine_call(member.instance, "/wake_up")
+        await self._await_ready(member)
 
     async def _observe(self) -> None:
         """Mark members whose replica exited, vanished or went unhealthy as failed (one
@@ -303,8 +326,8 @@ class PoolAutoscaler:
                                 member.replica_id)  # fmt: skip
                     self.ledger.release(member.replica_id)
                     del self.members[member.replica_id]
-                elif member.state == "paused" and instance and instance.state == "exited":
-                    member.busy = True  # died while frozen: nothing left to wake
+                elif member.state != "stopped" and instance and instance.state == "exited":
+                    member.busy = True  # died while held: nothing left to wake
                     self._spawn(self._remove(member, "failed"))
                 continue
             if seen is not None and (instance is None or instance.state == "exited"):
@@ -477,6 +500,10 @@ class PoolAutoscaler:
         try:
             if tier == "paused":
                 await self.driver.pause(member.instance)
+            elif tier == "asleep":
+                if member.state == "paused":  # a frozen engine takes no call: thaw it
+                    member.instance = await self.driver.wake(member.instance)
+                await self._engine_call(member.instance, "/sleep")
             else:
                 await self.driver.halt(member.instance, STOP_TIMEOUT_S)
         except Exception as exc:
@@ -491,6 +518,15 @@ class PoolAutoscaler:
         self._publish()
         self.recorder.scale_event(self.pool.name, "demote", tier)
         log.info("pool %s: replica %s %s", self.pool.name, member.replica_id, tier)
+
+    async def _engine_call(self, instance: Instance, path: str) -> None:
+        """vLLM's sleep mode: ``POST /sleep`` or ``/wake_up`` on the replica, which
+        answers once done; anything but 2xx (an engine without it) raises."""
+        if instance.url is None:
+            raise LookupError(f"replica {instance.replica_id} has no address")
+        timeout = aiohttp.ClientTimeout(total=self.settings.startup_timeout_s)
+        async with self.session.post(instance.url + path, timeout=timeout) as resp:
+            resp.raise_for_status()
 
     def _age_tiers(self, now: float) -> None:
         """Move each held replica down a tier once its time in one is spent; past the
@@ -524,7 +560,11 @@ class PoolAutoscaler:
     async def _woken(self, member: Member, instance: Instance | None, tier: Tier) -> None:
         assert instance is not None
         try:
-            member.instance = await self.driver.wake(instance)
+            if tier == "asleep":
+                await self._engine_call(instance, "/wake_up")
+                member.instance = instance
+            else:
+                member.instance = await self.driver.wake(instance)
         except Exception as exc:  # the plan starts another in its place
             log.warning("pool %s: cannot wake replica %s (%s: %s); removing it",
                         self.pool.name, member.replica_id, type(exc).__name__, exc)  # fmt: skip

@@ -46,8 +46,8 @@ Reason = Literal[
     "to_zero",
     "keep_alive",
 ]
-ReplicaState = Literal["starting", "ready", "draining", "failed", "paused", "stopped"]
-# (paused and stopped: held in a warm tier, ``tiers.py``; they count for nothing until woken)
+ReplicaState = Literal["starting", "ready", "draining", "failed", "paused", "asleep", "stopped"]
+# (paused, asleep, stopped: held in a warm tier, ``tiers.py``; nothing until woken)
 REPLICA_STATES: tuple[ReplicaState, ...] = get_args(ReplicaState)
 
 

@@ -6,6 +6,9 @@ be held in tiers that cost less and wake faster than a start:
 
 * ``paused``: frozen (``docker pause``, SIGSTOP for a process): no CPU, its memory (and
   an accelerator's) held, awake again in milliseconds;
+* ``asleep``: the engine's own sleep mode (vLLM's ``POST /sleep``; an engine the
+  operator says has it): the process runs, the accelerator's memory is freed, a
+  ``POST /wake_up`` takes seconds (weights back from host memory), not a model load;
 * ``stopped``: the container stopped but kept: nothing held but disk (its GPU ids stay
   reserved for it in the ledger), and a start skips the creation;
 * gone: removed, its GPU ids back in the ledger.
@@ -24,19 +27,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-Tier = Literal["paused", "stopped"]
-ORDER: tuple[Tier, ...] = ("paused", "stopped")  # warmest first
+Tier = Literal["paused", "asleep", "stopped"]
+ORDER: tuple[Tier, ...] = ("paused", "asleep", "stopped")  # the fastest wake first
 
 
 @dataclass(frozen=True, slots=True)
 class TierRules:
     paused_s: float  # how long a replica is held paused (0: not at all)
+    asleep_s: float  # then asleep
     stopped_s: float  # then stopped
     max_warm: int  # held in any tier at once, per pool
-    supported: frozenset[Tier]  # what the driver can do
+    supported: frozenset[Tier]  # what the driver (and, for asleep, the engine) can do
 
     def _time_in(self, tier: Tier) -> float:
-        return self.paused_s if tier == "paused" else self.stopped_s
+        return {"paused": self.paused_s, "asleep": self.asleep_s}.get(tier, self.stopped_s)
 
     def _usable(self, tiers: Iterable[Tier]) -> Tier | None:
         return next((t for t in tiers if t in self.supported and self._time_in(t) > 0), None)

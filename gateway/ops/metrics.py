@@ -122,8 +122,18 @@ class PrometheusRecorder(Recorder):
             ["pool"], buckets=STARTUP_BUCKETS, registry=r,
         )  # fmt: skip
         self.scale_events = Counter(
-            "gateway_scale_events", "Replicas started, drained or replaced, by decision reason",
+            "gateway_scale_events", "Replicas started, drained, replaced, demoted to a tier or "
+            "woken, by decision reason (or tier)",
             ["pool", "action", "reason"], registry=r,
+        )  # fmt: skip
+        self.replica_seconds = Counter(
+            "gateway_replica_seconds", "Replica-seconds held by the autoscaler's replicas, by "
+            "state (starting, ready, draining, and the warm tiers)", ["pool", "state"],
+            registry=r,
+        )  # fmt: skip
+        self.gpu_seconds = Counter(
+            "gateway_gpu_seconds", "GPU-seconds held by the autoscaler's replicas, by state",
+            ["pool", "state"], registry=r,
         )  # fmt: skip
         self.startup = Histogram(
             "gateway_replica_startup_seconds", "From start to passing the health check",
@@ -209,6 +219,11 @@ class PrometheusRecorder(Recorder):
 
     def scale_event(self, pool: str, action: str, reason: str) -> None:
         self.scale_events.labels(pool, action, reason).inc()
+
+    def replica_time(self, pool: str, state: str, replica_s: float, gpu_s: float) -> None:
+        self.replica_seconds.labels(pool, state).inc(replica_s)
+        if gpu_s:
+            self.gpu_seconds.labels(pool, state).inc(gpu_s)
 
     def replica_ready(self, pool: str, startup_s: float) -> None:
         self.startup.labels(pool).observe(startup_s)

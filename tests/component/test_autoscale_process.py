@@ -239,6 +239,10 @@ async def test_a_replica_scaled_down_is_held_paused_and_woken_under_load(
         text = await resp.text()
     assert 'gateway_replica_wake_seconds_count{pool="default",tier="paused"} 1.0' in text
     assert 'gateway_scale_events_total{action="demote",pool="default",reason="paused"}' in text
+    for state in ("ready", "paused"):  # what it cost, by tier: one GPU each
+        replica_s = f'gateway_replica_seconds_total{{pool="default",state="{state}"}}'
+        gpu_s = f'gateway_gpu_seconds_total{{pool="default",state="{state}"}}'
+        assert replica_s in text and gpu_s in text
 
 
 async def test_a_held_replica_goes_after_its_time_and_gives_its_gpu_back(
@@ -254,6 +258,62 @@ async def test_a_held_replica_goes_after_its_time_and_gives_its_gpu_back(
     await eventually(lambda: scaler.count["paused"] == 1, within=20, what="one held paused")
     await eventually(lambda: len(records(tmp_path)) == 1, within=10, what="the held one gone")
     assert scaler.count["paused"] == 0 and len(gw.ledger.free) == 1
+
+
+async def chat_until(client: aiohttp.ClientSession, url: str, workers: int,
+                     done: asyncio.Event) -> list[int]:  # fmt: skip
+    """``load_until`` for an LLM pool: short chat completions, one after another."""
+    payload = {"model": "llama-3-8b", "messages": [{"role": "user", "content": "hi"}],
+               "max_tokens": 4}  # fmt: skip
+    statuses: list[int] = []
+
+    async def worker() -> None:
+        while not done.is_set():
+            async with client.post(f"{url}/v1/chat/completions", json=payload) as resp:
+                await resp.read()
+                statuses.append(resp.status)
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return statuses
+
+
+@pytest.mark.timeout(90)
+async def test_an_engine_with_a_sleep_mode_is_frozen_then_put_to_sleep_and_woken(
+    gateway, client, tmp_path: Path
+) -> None:
+    """The asleep tier with the LLM replica (vLLM's sleep API): a replica scaled down is
+    paused, thawed and put to sleep after ``paused_s``, and woken by ``POST /wake_up``
+    (its 0.3 s), not started, when load comes back."""
+    command = ["{python}", "-m", "backends.llm", "--port", "{port}", "--wake-s", "0.3",
+               "--max-num-seqs", "2", "--step-ms", "20"]  # fmt: skip
+    config = sim_pool(
+        tmp_path, max_replicas=2, command=command,
+        tiers={"paused_s": 1, "asleep_s": 60, "max_warm": 1},
+    )  # fmt: skip
+    gw = await gateway(config)
+    scaler = gw.autoscalers["default"]
+    await eventually(lambda: scaler.count["ready"] == 1, within=15)
+    done = asyncio.Event()
+    load = asyncio.create_task(chat_until(client, gw.url, 8, done))
+    await eventually(lambda: scaler.count["ready"] == 2, within=20, what="two replicas")
+    done.set()
+    assert set(await load) == {200}
+    await eventually(lambda: scaler.count["asleep"] == 1, within=20, what="one asleep")
+    held = next(m for m in scaler.members.values() if m.state == "asleep")
+    assert held.instance is not None and held.instance.url is not None
+    async with client.get(f"{held.instance.url}/is_sleeping") as resp:
+        assert await resp.json() == {"is_sleeping": True}
+    pid = next(r["pid"] for r in records(tmp_path) if r["replica_id"] == held.replica_id)
+    assert process_state(pid) in "RS"  # thawed: a frozen engine takes no call
+    done = asyncio.Event()
+    load = asyncio.create_task(chat_until(client, gw.url, 8, done))
+    await eventually(lambda: held.state == "ready", within=20, what="the asleep one woken")
+    done.set()
+    assert set(await load) == {200}
+    assert len(records(tmp_path)) == 2  # woken, not started anew
+    assert 0.3 <= scaler.wake_s["asleep"] < 5
+    async with client.get(f"{held.instance.url}/is_sleeping") as resp:
+        assert await resp.json() == {"is_sleeping": False}
 
 
 @pytest.mark.timeout(90)

@@ -7,12 +7,13 @@ import pytest
 from gateway.control.scaling import ReplicaView, plan
 from gateway.control.tiers import Tier, TierRules
 
-BOTH: frozenset[Tier] = frozenset({"paused", "stopped"})
+BOTH: frozenset[Tier] = frozenset({"paused", "stopped"})  # docker's
+ALL: frozenset[Tier] = BOTH | {"asleep"}  # ... with an engine that sleeps
 
 
 def rules(paused_s: float = 60, stopped_s: float = 600, max_warm: int = 2,
-          supported: frozenset[Tier] = BOTH) -> TierRules:  # fmt: skip
-    return TierRules(paused_s, stopped_s, max_warm, supported)
+          supported: frozenset[Tier] = BOTH, asleep_s: float = 0) -> TierRules:  # fmt: skip
+    return TierRules(paused_s, asleep_s, stopped_s, max_warm, supported)
 
 
 @pytest.mark.parametrize(
@@ -25,6 +26,8 @@ def rules(paused_s: float = 60, stopped_s: float = 600, max_warm: int = 2,
         (rules(supported=frozenset({"stopped"})), 0, "stopped"),  # the driver cannot pause
         (rules(supported=frozenset({"paused"}), paused_s=0), 0, None),  # nothing left
         (rules(max_warm=0), 0, None),
+        (rules(paused_s=0, asleep_s=30, supported=ALL), 0, "asleep"),
+        (rules(paused_s=0, asleep_s=30), 0, "stopped"),  # said to sleep, but not supported
     ],
 )
 def test_the_first_tier(tiers: TierRules, held: int, first: Tier | None) -> None:
@@ -41,6 +44,9 @@ def test_the_first_tier(tiers: TierRules, held: int, first: Tier | None) -> None
         (rules(stopped_s=0), "paused", 60.0, None),  # no stopped tier: gone
         (rules(supported=frozenset({"paused"})), "paused", 60.0, None),  # (the process driver)
         (rules(paused_s=0), "paused", 1.0, "stopped"),  # pausing turned off on a reload
+        (rules(asleep_s=30, supported=ALL), "paused", 60.0, "asleep"),  # frozen, then asleep
+        (rules(asleep_s=30, supported=ALL), "asleep", 29.0, "asleep"),
+        (rules(asleep_s=30, supported=ALL), "asleep", 30.0, "stopped"),
     ],
 )
 def test_down_a_tier_once_its_time_is_spent(

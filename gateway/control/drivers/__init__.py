@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from gateway.control.tiers import Tier as Tier  # (what a driver offers)
+
 # Labels on everything a driver creates. They are the only record the gateway keeps outside
 # its own memory: after a restart, replicas and GPU assignments are rebuilt from them.
 MANAGED_BY = "io.inference-gateway.managed-by"
@@ -27,7 +29,6 @@ GPUS = "io.inference-gateway.gpus"  # comma-separated device ids, "" for none
 MANAGER = "inference-gateway"
 
 InstanceState = Literal["created", "running", "paused", "exited"]
-Tier = Literal["paused", "stopped"]  # the warm tiers a driver may hold replicas in (tiers.py)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -67,7 +68,8 @@ class Instance:
 
 
 class Driver(Protocol):
-    tiers: frozenset[Tier]  # the warm tiers this runtime can hold a replica in
+    tiers: frozenset[Tier]  # the warm tiers this runtime can hold a replica in (not asleep:
+    # that one is the engine's)
 
     async def list(self, pool: str) -> list[Instance]:
         """Every replica of ``pool`` this gateway manages, in any state."""
