@@ -33,23 +33,19 @@ import aiohttp
 
 from gateway import config
 from gateway.control.backoff import backoff, retrying
-from gateway.control.demand import OfferedLoad, backlog_left
+from gateway.control.controller import Controller, Observation
 from gateway.control.drivers import Driver, Instance, ReplicaSpec
 from gateway.control.failures import Outage, StartFailures, Strays
 from gateway.control.gpus import GpuLedger
-from gateway.control.keepalive import KeepAlive, keep_alive
+from gateway.control.keepalive import KeepAlive
 from gateway.control.members import Member
 from gateway.control.readiness import await_ready
 from gateway.control.scaling import (
     REPLICA_STATES,
     Decision,
     ReplicaState,
-    Scaler,
-    ScalingRules,
-    Servers,
     plan,
 )
-from gateway.control.sizing import wait_quantile_s
 from gateway.control.startup import StartupTimes
 from gateway.control.tiers import ORDER as TIERS
 from gateway.control.tiers import Tier, TierRules
@@ -86,12 +82,8 @@ class PoolAutoscaler:
         self.members: dict[str, Member] = {}
         self.wake = asyncio.Event()
         self.decision: Decision | None = None
-        self.predicted_wait_p99_s: float | None = None  # Erlang C's, at the ready capacity
-        self.keep_alive: KeepAlive | None = None  # the windows last learnt, if any
         self._counted_at = clock()  # replica-seconds are counted up to then
-        self._slots = max(1, round(settings.target_concurrency))  # per replica, as last seen
-        self.scaler = Scaler(ScalingRules.from_config(settings), clock())
-        self.load = OfferedLoad(pool.tally, clock())
+        self.control = Controller(settings, pool.tally, clock())
         kept = None if state_dir is None else state_dir / "startup" / f"{quote(pool.name, '')}.json"
         self.startup = StartupTimes(settings.expected_startup_s, kept)
         self.wake_s: dict[Tier, float] = {"paused": PAUSED_WAKE_S}  # the last wake, per tier
@@ -104,7 +96,7 @@ class PoolAutoscaler:
     def apply(self, settings: config.Autoscale) -> None:
         """Take new settings; replicas and the load history are kept."""
         self.settings = settings
-        self.scaler.rules = ScalingRules.from_config(settings)
+        self.control.apply(settings)
         self.startup.seed_s = settings.expected_startup_s
         tiers = settings.tiers
         self.tiers = None if tiers is None else TierRules(
@@ -120,6 +112,16 @@ class PoolAutoscaler:
 
     def on_demand(self) -> None:
         self.wake.set()
+
+    @property
+    def predicted_wait_p99_s(self) -> float | None:
+        """Erlang C's p99 wait at the ready capacity (``controller.py``)."""
+        return self.control.predicted_wait_p99_s
+
+    @property
+    def keep_alive(self) -> KeepAlive | None:
+        """The keep-alive windows last learnt, if any."""
+        return self.control.keep_alive
 
     def ready_in_s(self) -> float:
         """How soon the next replica is expected to be ready: the soonest start's (or
@@ -161,23 +163,17 @@ class PoolAutoscaler:
     async def tick(self) -> None:
         now, pool = self.clock(), self.pool
         self._count_time(now)
-        service_s = pool.service_s
-        offered = self.load.update(pool.tally, now, service_s)
-        # until an answer gave a service time, what the replicas hold stands for demand
-        self.scaler.record(now, pool.working if offered is None else offered)
+        tally, service_s = pool.tally, pool.service_s  # before the listing's await
         await self._observe()
-        count, queued = self.count, pool.queued
-        servers = self._servers(service_s)
-        backlog, at_ready = self._backlog(now, count["ready"], queued, servers)
-        # on a cold pool, requests refused for their deadline wait for nothing, yet ask
-        waiting = queued or int(pool.is_cold and self.load.rate > 0)
-        self.decision = decision = self.scaler.decide(
-            now, count["ready"], count["starting"], backlog, waiting, servers, at_ready,
-            self._keep(now),
+        seen = Observation(
+            tally, service_s, pool.working, pool.queued, pool.is_cold, pool.quiet_since,
+            pool.gaps, self.count["ready"],
+            [m.since + m.expected_s - now for m in self.members.values()
+             if m.state == "starting"],
+            [r.slots for r in pool.replicas.values() if not r.draining],
+            self.startup.expected_s,
         )  # fmt: skip
-        self.predicted_wait_p99_s = None if servers is None else wait_quantile_s(
-            count["ready"] * servers.slots, decision.panic_concurrency, servers.service_s
-        )  # fmt: skip
+        self.decision = decision = self.control.decide(now, seen)
         views = [m.view(now) for m in self.members.values() if not m.busy]
         todo = plan(decision.desired, views)
         for rid in todo.remove:
@@ -190,49 +186,6 @@ class PoolAutoscaler:
         if todo.start and now >= self.start_failures.until:
             await asyncio.gather(*(self._start(decision.reason) for _ in range(todo.start)))
         self._age_tiers(now)
-
-    def _backlog(
-        self, now: float, ready: int, queued: int, servers: Servers | None
-    ) -> tuple[float, float]:
-        """The concurrency that would serve, within the horizon, the queue as it is, and
-        what is left of it when a replica started now would be ready (the start-up
-        credit: ``demand.backlog_left``)."""
-        if servers is None or not queued:
-            return 0.0, 0.0
-        expected = self.startup.expected_s
-        arriving = [
-            (expected - (now - m.since), float(servers.slots))
-            for m in self.members.values() if m.state == "starting"
-        ]  # fmt: skip
-        demand = self.scaler.average(now, self.settings.panic_window_s)
-        left = backlog_left(
-            queued, demand, servers.service_s, ready * servers.slots, arriving, expected
-        )
-        horizon_s = max(self.settings.panic_window_s, expected)
-        return (
-            self.load.backlog_concurrency(queued, horizon_s),
-            self.load.backlog_concurrency(left, horizon_s),
-        )
-
-    def _keep(self, now: float) -> bool | None:
-        """The keep-alive's word on the last replica (``keepalive.py``): only for a pool
-        that may scale to zero, in a quiet spell, once its spells are learnt."""
-        quiet_since, settings = self.pool.quiet_since, self.settings
-        if quiet_since is None or settings.min_replicas:
-            return None
-        self.keep_alive = window = keep_alive(
-            self.pool.gaps, self.startup.expected_s, settings.keep_alive_percentile,
-            settings.tick_s,
-        )  # fmt: skip
-        return None if window is None else window.warm(now - quiet_since)
-
-    def _servers(self, service_s: float | None) -> Servers | None:
-        """The service time and the slots per replica (the mean of the learnt ones),
-        for SLO sizing; None until a service time is measured."""
-        slots = [r.slots for r in self.pool.replicas.values() if not r.draining]
-        if slots:
-            self._slots = max(1, round(sum(slots) / len(slots)))
-        return None if service_s is None else Servers(service_s, self._slots)
 
     def _count_time(self, now: float) -> None:
         """Replica- and GPU-seconds since the last tick, by state: each member is taken
