@@ -185,6 +185,8 @@ class Autoscale(_Model):
     # min_replicas 0: the last replica is kept through this percentile of the pool's
     # quiet spells once 10 are known (control/keepalive.py); until then, by the windows
     keep_alive_percentile: float = Field(99.0, ge=50, lt=100)
+    keep_alive_s: float | None = Field(None, ge=0)  # a fixed keep-alive instead (Knative's
+    # scale-to-zero grace): the last replica goes this long into a quiet spell
     startup_timeout_s: float = Field(120.0, gt=0)
     # a replica's start-up time until one is measured (then the median of the last 16,
     # kept in state_dir): the wait a request on a cold pool is told to expect

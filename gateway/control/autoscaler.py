@@ -132,6 +132,11 @@ class PoolAutoscaler:
                 if m.state == "starting"]  # fmt: skip
         if etas:
             return max(0.0, min(etas))
+        return self._revive_s()
+
+    def _revive_s(self) -> float:
+        """How soon a replica asked for now would be ready: the wake of the warmest one
+        held, or a whole start-up."""
         held = [tier for m in self.members.values() if (tier := _tier(m)) is not None]
         return self._wake_expected(min(held, key=TIERS.index)) if held else self.startup.expected_s
 
@@ -171,7 +176,7 @@ class PoolAutoscaler:
             [m.since + m.expected_s - now for m in self.members.values()
              if m.state == "starting"],
             [r.slots for r in pool.replicas.values() if not r.draining],
-            self.startup.expected_s,
+            self._revive_s(),
         )  # fmt: skip
         self.decision = decision = self.control.decide(now, seen)
         views = [m.view(now) for m in self.members.values() if not m.busy]

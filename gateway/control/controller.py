@@ -35,7 +35,8 @@ class Observation:
     ready: int
     starting: Sequence[float]  # each starting replica's time until its expected readiness
     slots: Sequence[float]  # the learnt slots of each live replica
-    startup_s: float  # the expected start-up time
+    revive_s: float  # how soon a replica asked for now would be ready: the wake of the
+    # warmest one held in a tier, or else the expected start-up time
 
 
 class Controller:
@@ -82,7 +83,7 @@ class Controller:
         credit: ``demand.backlog_left``)."""
         if servers is None or not seen.queued:
             return 0.0, 0.0
-        expected, slots = seen.startup_s, float(servers.slots)
+        expected, slots = seen.revive_s, float(servers.slots)
         demand = self.scaler.average(now, self.settings.panic_window_s)
         left = backlog_left(
             seen.queued, demand, servers.service_s, seen.ready * slots,
@@ -96,12 +97,17 @@ class Controller:
 
     def _keep(self, now: float, seen: Observation) -> bool | None:
         """The keep-alive's word on the last replica (``keepalive.py``): only for a pool
-        that may scale to zero, in a quiet spell, once its spells are learnt."""
+        that may scale to zero, in a quiet spell, once its spells are learnt (or at
+        once, with a fixed ``keep_alive_s``)."""
         if seen.quiet_since is None or self.settings.min_replicas:
             return None
-        self.keep_alive = window = keep_alive(
-            seen.gaps, seen.startup_s, self.settings.keep_alive_percentile, self.settings.tick_s
-        )
+        fixed_s = self.settings.keep_alive_s
+        self.keep_alive = window = (
+            KeepAlive(0.0, fixed_s) if fixed_s is not None else keep_alive(
+                seen.gaps, seen.revive_s, self.settings.keep_alive_percentile,
+                self.settings.tick_s,
+            )
+        )  # fmt: skip
         return None if window is None else window.warm(now - seen.quiet_since)
 
     def _servers(self, seen: Observation) -> Servers | None:

@@ -31,7 +31,7 @@ import orjson
 import uvloop
 
 from load import burst
-from load.bench import llm, llm_workload, matrix, report
+from load.bench import llm, llm_workload, matrix, report, trace
 from load.bench.contestants import CONTESTANTS, Limits
 from load.bench.install import ensure
 from load.bench.plots import plot_llm, plot_ratios, plot_scenario
@@ -46,10 +46,12 @@ FIGURES = LOAD / "results"  # committed, referenced from RESULTS.md
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m load.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("scenarios", nargs="+", choices=[*NAMES, "all", matrix.NAME, *llm.NAMES],
+    p.add_argument("scenarios", nargs="+",
+                   choices=[*NAMES, "all", matrix.NAME, *llm.NAMES, trace.NAME],
                    metavar="SCENARIO", help=f"one or more of {', '.join(NAMES)}, or all "
-                   "(those); or matrix, the workload matrix, or the LLM benchmarks "
-                   f"{', '.join(llm.NAMES)} (none of them in all)")  # fmt: skip
+                   "(those); or matrix, the workload matrix, the LLM benchmarks "
+                   f"{', '.join(llm.NAMES)}, or {trace.NAME}, the autoscalers over a "
+                   "simulated trace (none of them in all)")  # fmt: skip
     p.add_argument("--duration", type=float, default=20.0, help="s of load per contestant")
     p.add_argument("--rate", type=float, help="arrivals per second (default: the scenario's)")
     p.add_argument("--cells", help="matrix: comma-separated cells (default: the 15 defaults)")
@@ -67,7 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     chosen = [name for s in args.scenarios for name in (NAMES if s == "all" else [s])]
     args.scenarios = list(dict.fromkeys(chosen))
-    names = {c.name for c in CONTESTANTS} | set(llm.CONTESTANTS)
+    names = {c.name for c in CONTESTANTS} | set(llm.CONTESTANTS) | set(trace.CONTESTANTS)
     args.only = args.contestants.split(",") if args.contestants else None
     if args.only and not set(args.only) <= names:
         p.error(f"unknown contestants; choose from {', '.join(sorted(names))}")
@@ -97,6 +99,9 @@ def run(name: str, args: argparse.Namespace, command: str) -> dict[str, Any]:
     """Run scenario ``name``; the result as saved in its JSON."""
     if name == matrix.NAME:
         return run_matrix(args, command)
+    if name == trace.NAME:
+        result = trace.run(args.seed, args.only)
+        return {"scenario": name, "about": trace.ABOUT, "command": command, "trace": result}
     if name in llm.NAMES:
         only = ",".join(args.only) if args.only else None
         haproxy = (
@@ -146,6 +151,9 @@ def run_matrix(args: argparse.Namespace, command: str) -> dict[str, Any]:
 
 def render(result: dict[str, Any], figure: Path) -> str:
     """Draw the scenario's figure; its table (and verdict) as text."""
+    if "trace" in result:
+        trace.plot(result["trace"], figure)
+        return trace.table(result["trace"])
     if "llm" in result:
         calm_s = llm_workload.SHAPES[result["scenario"]].calm_s
         plot_llm(f"{result['scenario']}: {result['about']}", result["llm"], figure, calm_s)
@@ -167,10 +175,15 @@ def render(result: dict[str, Any], figure: Path) -> str:
 def publish(result: dict[str, Any], figure: Path) -> None:
     text = RESULTS_MD.read_text()
     link = figure.relative_to(RESULTS_MD.parent).as_posix()
-    section = (
-        matrix.section if "cells" in result else llm.section if "llm" in result else report.section
-    )
-    text = report.replace_section(text, result["scenario"], section(result, link))
+    if "trace" in result:
+        body = trace.section({**result["trace"], "command": result["command"]}, link)
+    else:
+        section = (
+            matrix.section if "cells" in result else llm.section if "llm" in result
+            else report.section
+        )  # fmt: skip
+        body = section(result, link)
+    text = report.replace_section(text, result["scenario"], body)
     if "runs" in result:
         text = report.replace_section(
             text, "setup", report.setup_section(Limits(), result["machine"])
@@ -180,7 +193,7 @@ def publish(result: dict[str, Any], figure: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    named = [*NAMES, *llm.NAMES, "all", matrix.NAME]
+    named = [*NAMES, *llm.NAMES, "all", matrix.NAME, trace.NAME]
     flags = [a for a in (sys.argv[1:] if argv is None else argv) if a not in named]
     results, leftovers = [], 0
     for name in args.scenarios:
