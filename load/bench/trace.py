@@ -18,6 +18,8 @@ tiers of ``tiers.py``), the same code its reconcile loop runs. The contestants:
   stopped 10 min, 2 held) and without (``gateway-notiers``);
 * ``kpa``: Knative's KPA with its published defaults (``kpa.py``), on the same target;
 * ``fixed-K``: the gateway's scaling with a fixed keep-alive of K s for the last replica;
+* ``ray-serve``: Ray Serve's own default policy and delays (``ray_policy.py``: Ray's
+  code, run in a venv of ``ray[serve]`` from PyPI, its clock the trace's);
 * the lower bound: the integral of ceil(offered concurrency / target) over the trace,
   each request served the moment it arrives: no real autoscaler reaches it.
 
@@ -36,8 +38,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import math
 import random
+import subprocess
+import sys
+import venv
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -217,16 +223,71 @@ class Knative:
         pass
 
 
+RAY = Path(__file__).resolve().parents[1] / "out" / "ray"  # git-ignored: ray[serve]'s venv
+RAY_LOOK_BACK_S = 30.0  # Ray Serve averages ongoing requests over this (look_back_period_s)
+
+
+def ensure_ray() -> str:
+    """The Python of a venv with ``ray[serve]``, installed from PyPI on first use."""
+    python = RAY / "bin" / "python"
+    if not python.exists():
+        print("installing ray[serve] from PyPI", file=sys.stderr, flush=True)
+        venv.create(RAY, with_pip=True)
+        subprocess.run([str(RAY / "bin" / "pip"), "install", "-q", "ray[serve]"], check=True)
+    return str(python)
+
+
+@dataclass
+class RayServe:
+    """Ray Serve's default policy itself (``ray_policy.py``, in Ray's own venv), fed the
+    ongoing requests averaged over its look-back, one decision a second."""
+
+    tick_s: float = 1.0
+    tiers: TierRules | None = None
+
+    def __post_init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [ensure_ray(), str(Path(__file__).with_name("ray_policy.py")), str(TARGET), "20"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.samples: deque[tuple[float, float]] = deque()
+        self.target = 0
+
+    def decide(self, now: float, pool: SimPool) -> int:
+        self.samples.append((now, pool.take_in_system_average(now)))
+        while self.samples[0][0] <= now - RAY_LOOK_BACK_S:
+            self.samples.popleft()
+        ongoing = sum(v for _, v in self.samples) / len(self.samples)
+        if pool.working + len(pool.queue) and not pool.count("ready"):
+            ongoing = max(ongoing, 1.0)  # a handle holds a request: Ray's cold start path
+        seen = {"now": now, "running": pool.count("ready"), "target": self.target,
+                "ongoing": ongoing}  # fmt: skip
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(seen) + "\n")
+        self.proc.stdin.flush()
+        self.target = int(self.proc.stdout.readline())
+        return self.target
+
+    def started(self, startup_s: float) -> None:
+        pass
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+
+
 def fixed(keep_alive_s: float, app: App) -> Gateway:
     """The gateway's scaling with a fixed keep-alive for the last replica, no tiers."""
     return Gateway(gateway_settings(app, keep_alive_s=keep_alive_s))
 
 
-CONTESTANTS: dict[str, Callable[[App], Gateway | Knative]] = {
+CONTESTANTS: dict[str, Callable[[App], Gateway | Knative | RayServe]] = {
     "gateway": lambda app: Gateway(gateway_settings(
         app, tiers={"paused_s": 60, "stopped_s": 600, "max_warm": 2})),
     "gateway-notiers": lambda app: Gateway(gateway_settings(app)),
     "kpa": lambda app: Knative(),
+    "ray-serve": lambda app: RayServe(),
     **{f"fixed-{k}": partial(fixed, k) for k in (60, 300, 900)},
 }  # fmt: skip
 
@@ -249,7 +310,7 @@ class SimReplica:
 @dataclass
 class SimPool:
     app: App
-    policy: Gateway | Knative
+    policy: Gateway | Knative | RayServe
     reqs: list[tuple[float, float]]
     seed: int
     until: float = DURATION_S
@@ -312,6 +373,8 @@ class SimPool:
             self.advance(t)
             getattr(self, f"on_{kind}")(data)
         self.errors += len(self.queue)
+        if isinstance(self.policy, RayServe):
+            self.policy.close()
 
     # -- events
 
