@@ -33,7 +33,7 @@ import yaml
 
 from gateway.app import Gateway
 from gateway.config import parse_config
-from gateway.control import autoscaler as autoscaler_module
+from gateway.control import lifecycle as lifecycle_module
 from gateway.control.drivers import REPLICA
 from gateway.control.drivers import docker as docker_driver
 from tests.conftest import FAST_SCALING, eventually, free_port
@@ -476,7 +476,7 @@ async def test_crash_looping_replicas_back_off_and_the_rest_serves(
     ``gateway_replica_start_failures_total``, exited containers are not left behind, and
     the other pool serves its steady load with no error throughout."""
     cap_s = 4.0
-    monkeypatch.setattr(autoscaler_module, "MAX_BACKOFF_S", cap_s)
+    monkeypatch.setattr(lifecycle_module, "MAX_BACKOFF_S", cap_s)
     good, bad = f"{cluster}-good", f"{cluster}-bad"
     config = gateway_config(
         cluster,
