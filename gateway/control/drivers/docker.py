@@ -1,9 +1,8 @@
 """The Docker driver: replicas as containers, through the Docker Engine API (docker SDK).
 
-The only module that imports ``docker``. It is a thin adapter: the autoscaler decides,
-this module carries out. Every blocking SDK call runs in a worker thread
-(``asyncio.to_thread``); the event stream, which blocks for as long as it is open, gets a
-daemon thread of its own so it never holds an executor thread or delays loop shutdown.
+It and ``docker_events.py`` (the event stream) are the only modules that touch the
+engine. A thin adapter: the autoscaler decides, this module carries out. Every blocking
+SDK call runs in a worker thread (``asyncio.to_thread``).
 
 What the engine holds is the gateway's only record outside memory, so everything it needs
 after a restart is in the container labels: managed-by, the gateway's instance id, pool,
@@ -35,16 +34,14 @@ import contextlib
 import logging
 import math
 import re
-import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import docker
 import docker.errors
 import docker.types
 
-from gateway.control.backoff import backoff
 from gateway.control.drivers import (
     GPUS,
     INSTANCE,
@@ -58,16 +55,14 @@ from gateway.control.drivers import (
     Tier,
     free_port,
 )
+from gateway.control.drivers.docker_events import container_events
 
 log = logging.getLogger(__name__)
 
-EVENT_ACTIONS = ("start", "die", "stop", "destroy")
 # The longest any one engine call may take (a stop: this plus its grace); the SDK's default
 # is 60 s. A hung engine then fails calls, which the autoscaler counts and retries, instead
 # of holding its loop; the event stream, open for good, has no such limit.
 API_TIMEOUT_S = 30.0
-EVENTS_RETRY_S = (0.5, 10.0)  # reconnect backoff of the event stream: first, cap
-_END = object()  # the event thread's stream ended
 
 Reach = Literal["published", "network"]
 
@@ -254,15 +249,12 @@ class DockerDriver:
         return await self._instance(rows[0])
 
     def events(self) -> AsyncIterator[str]:
-        """Pool names of our containers that started, stopped, died or were removed.
-
-        Each call opens its own stream, starting from the moment of the call (a second
-        before, for clock granularity): nothing after ``events()`` is missed even though
-        the subscription itself happens on the first ``__anext__``. The stream reconnects
-        after an engine restart from the last event seen (logged when the stream is lost
-        and when it is back, not at each failed reconnect). Hints may repeat; never rely
-        on them for correctness."""
-        return self._event_stream(f"{time.time() - 1.0:.9f}")
+        """Pool names of our containers that started, stopped, died or were removed
+        (``docker_events.container_events``: from the moment of the call, reconnecting
+        after an engine restart). Hints may repeat; never rely on them for correctness."""
+        return container_events(
+            self._client, self._ours(), f"{time.time() - 1.0:.9f}", self._closing, self._streams
+        )
 
     async def close(self) -> None:
         """End every event stream; close the client if this driver made it."""
@@ -371,72 +363,3 @@ class DockerDriver:
             ports = [item.removeprefix("PORT=") for item in env if item.startswith("PORT=")]
             self._host_ports[cid] = int(ports[-1]) if ports and ports[-1].isdigit() else None
         return self._host_ports[cid]
-
-    async def _event_stream(self, since: str) -> AsyncIterator[str]:
-        """``since``: the engine's ``seconds.nanoseconds`` form, exact on reconnects."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        filters = {
-            "type": "container",
-            "label": list(self._ours()),
-            "event": list(EVENT_ACTIONS),
-        }
-
-        def deliver(item: object) -> None:  # called from the stream's thread
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        failures = 0  # in a row: the stream could not open, or ended, with no event since
-        lost = False  # the stream ended or could not be opened, and is not back yet
-        while not self._closing.is_set():
-            try:
-                client = await self._client()
-                stream = await asyncio.to_thread(
-                    client.api.events, since=since, filters=filters, decode=True
-                )
-            except Exception as exc:
-                log.log(
-                    logging.DEBUG if lost else logging.WARNING,
-                    "docker: cannot watch events (%s); retrying with backoff", exc,
-                )  # fmt: skip
-                lost = True
-            else:
-                if lost:
-                    log.info("docker: watching events again")
-                    lost = False
-                self._streams.add(stream)
-                threading.Thread(
-                    target=_pump, args=(stream, deliver), name="docker-events", daemon=True
-                ).start()
-                try:
-                    while (item := await queue.get()) is not _END:
-                        if isinstance(item, dict):
-                            failures = 0
-                            if "timeNano" in item:
-                                seconds, nanos = divmod(int(item["timeNano"]), 10**9)
-                                since = f"{seconds}.{nanos:09d}"
-                            pool = ((item.get("Actor") or {}).get("Attributes") or {}).get(POOL)
-                            if pool:
-                                yield str(pool)
-                finally:
-                    self._streams.discard(stream)
-                    with contextlib.suppress(Exception):
-                        stream.close()
-            failures += 1
-            pause_s = backoff(failures, *EVENTS_RETRY_S)
-            if not lost and not self._closing.is_set():
-                log.warning("docker: event stream ended; reconnecting in %.1f s", pause_s)
-                lost = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), pause_s)
-
-
-def _pump(stream: Any, deliver: Callable[[object], None]) -> None:
-    """Thread body: hand each event of a blocking stream to the loop, then ``_END``."""
-    try:
-        for event in stream:
-            deliver(event)
-    except Exception as exc:  # a broken connection ends the stream like EOF does
-        log.debug("docker: event stream broke: %s", exc)
-    finally:
-        deliver(_END)
