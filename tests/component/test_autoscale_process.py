@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -424,6 +425,44 @@ async def test_gateways_of_two_clusters_on_one_state_dir_leave_each_other_alone(
     assert [r["replica_id"] for r in records(tmp_path)] == [theirs["replica_id"]]
     assert environ_of(theirs["pid"])[MARKER] == f"a/{theirs['replica_id']}"  # still running
     assert gw_a.autoscalers["default"].count["ready"] == 1
+
+
+def gone(pid: int) -> bool:
+    """Is ``pid`` no longer a live process (reaped, or a zombie)?"""
+    try:
+        return process_state(pid) == "Z"
+    except OSError:
+        return True
+
+
+async def test_a_start_cancelled_midway_leaves_no_process_nor_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shutdown that cancels a start after the process is spawned, while its record
+    is being written: the caller never learns of that replica, so it must not live on
+    (an orphan no later listing in a fresh state_dir would find)."""
+    gate, pids = threading.Event(), []
+    write = ProcessDriver._write
+
+    def slow_write(self: ProcessDriver, replica_id: str, record: dict[str, object]) -> None:
+        pids.append(record["pid"])
+        gate.wait(5)
+        write(self, replica_id, record)
+
+    monkeypatch.setattr(ProcessDriver, "_write", slow_write)
+    driver = ProcessDriver(tmp_path, "me")
+    spec = ReplicaSpec(
+        "default", "default-0001", "", (sys.executable, "-c", "import time; time.sleep(60)")
+    )
+    start = asyncio.create_task(driver.start(spec))
+    await eventually(lambda: bool(pids))
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    gate.set()
+    await eventually(lambda: gone(pids[0]), what="the spawned process gone")
+    await eventually(lambda: not (tmp_path / "default-0001.json").exists(), what="no record")
+    assert await driver.list("default") == []
 
 
 async def test_a_record_naming_someone_elses_process_is_never_signalled(tmp_path: Path) -> None:

@@ -115,7 +115,15 @@ class ProcessDriver:
             "url": f"http://127.0.0.1:{port}",
             "gpu_ids": list(spec.gpu_ids),
         }
-        await asyncio.to_thread(self._write, spec.replica_id, record)
+        writing = asyncio.ensure_future(asyncio.to_thread(self._write, spec.replica_id, record))
+        try:
+            await asyncio.shield(writing)
+        except BaseException:  # failed or cancelled (a shutdown): the caller will not know
+            # this replica, so it must not outlive the call, nor its record
+            self._signal(proc.pid, signal.SIGKILL)
+            path = self._path(spec.replica_id)
+            writing.add_done_callback(lambda _: path.unlink(missing_ok=True))
+            raise
         self._children[proc.pid] = proc
         watcher = asyncio.create_task(self._watch(spec.pool, proc))
         self._watchers.add(watcher)
