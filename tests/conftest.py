@@ -102,19 +102,40 @@ def scaled_config(pool: str, autoscale: dict[str, Any]) -> dict[str, Any]:
 
 
 async def load_until(
-    session: aiohttp.ClientSession, url: str, workers: int, done: asyncio.Event
+    session: aiohttp.ClientSession,
+    url: str,
+    workers: int,
+    done: asyncio.Event,
+    json: dict[str, Any] | None = None,
 ) -> list[int]:
-    """Closed-loop load: ``workers`` clients, one request after another, until ``done``."""
+    """Closed-loop load: ``workers`` clients, one request after another, until ``done``;
+    each posts ``json`` (a model's ``{"inputs": [1]}`` if None)."""
     statuses: list[int] = []
+    body = {"inputs": [1]} if json is None else json
 
     async def worker() -> None:
         while not done.is_set():
-            async with session.post(url, data=b'{"inputs": [1]}') as resp:
+            async with session.post(url, json=body) as resp:
                 await resp.read()
                 statuses.append(resp.status)
 
     await asyncio.gather(*(worker() for _ in range(workers)))
     return statuses
+
+
+async def scale_out_and_in(
+    gw: Gateway, session: aiohttp.ClientSession, pool: str, within_s: float,
+    path: str = "/predict", json: dict[str, Any] | None = None,
+) -> None:  # fmt: skip
+    """Load ``pool`` until two replicas serve, then none; every request answered."""
+    scaler = gw.autoscalers[pool]
+    await eventually(lambda: scaler.count["ready"] == 1, within=within_s)
+    done = asyncio.Event()
+    url = f"{gw.url}{path}"  # type: ignore[attr-defined]
+    load = asyncio.create_task(load_until(session, url, 6, done, json))
+    await eventually(lambda: scaler.count["ready"] == 2, within=within_s, what="two replicas")
+    done.set()
+    assert set(await load) == {200}
 
 
 @pytest.fixture

@@ -158,6 +158,8 @@ class Lifecycle:
         how = "ready" if woken is None else f"awake from {woken}"
         log.info("pool %s: replica %s %s after %.3f s", self.pool.name, url, how, startup_s)
         self.ready.set()  # requests may be waiting, and the plan may change
+        if woken is None:  # kept for the next gateway: a file write, off the loop
+            await asyncio.to_thread(self.startup.keep, self.startup.samples)
 
     def start_failed(self, reason: str, detail: str, exc: BaseException | None = None) -> None:
         """Count the failure, which pauses the next start (``StartFailures``)."""

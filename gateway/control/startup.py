@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import statistics
+import threading
 from collections import deque
 from pathlib import Path
 
@@ -44,8 +45,12 @@ class StartupTimes:
 
     def add(self, startup_s: float) -> None:
         self._samples.append(startup_s)
+
+    def keep(self, samples: list[float]) -> None:
+        """Write ``samples`` (``self.samples``, taken on the event loop) to the state file:
+        blocking, so the caller runs it in a thread."""
         if self.path is not None:
-            self._write(self.path)
+            self._write(self.path, samples)
 
     def _read(self) -> list[float]:
         if self.path is None or not self.path.exists():
@@ -58,12 +63,13 @@ class StartupTimes:
             return []
         return samples[-KEPT:]
 
-    def _write(self, path: Path) -> None:
-        """Whole or not at all: a draft renamed over the file."""
-        draft = path.with_name(f".{path.name}.{os.getpid()}")
+    @staticmethod
+    def _write(path: Path, samples: list[float]) -> None:
+        """Whole or not at all: a draft of this thread's own renamed over the file."""
+        draft = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            draft.write_bytes(orjson.dumps({"startup_s": list(self._samples)}))
+            draft.write_bytes(orjson.dumps({"startup_s": samples}))
             draft.replace(path)
         except OSError as exc:
             log.warning("cannot keep start-up times in %s: %s", path, exc)

@@ -22,7 +22,14 @@ from gateway.config import parse_config
 from gateway.control.drivers import MANAGER, ReplicaSpec
 from gateway.control.drivers.process import INHERITED, MARKER, ProcessDriver
 from load.procs import stat_fields
-from tests.conftest import SIM_PROCESS, eventually, free_port, load_until, scaled_config
+from tests.conftest import (
+    SIM_PROCESS,
+    eventually,
+    free_port,
+    load_until,
+    scale_out_and_in,
+    scaled_config,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -202,29 +209,25 @@ def process_state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
-async def scale_out_and_back(gw: Gateway, client: aiohttp.ClientSession) -> None:
-    """Load until two replicas serve, then none; every request answered."""
+async def held_paused(gateway, client, tmp_path: Path, paused_s: float) -> Gateway:
+    """A pool of two one-GPU sim replicas, scaled out and back in: one is held paused."""
+    config = sim_pool(
+        tmp_path, "--service-ms", "100", "--slots", "2", max_replicas=2, gpus=[0, 1],
+        gpus_per_replica=1, tiers={"paused_s": paused_s, "max_warm": 1},
+    )  # fmt: skip
+    gw = await gateway(config)
+    await scale_out_and_in(gw, client, "default", 20)
     scaler = gw.autoscalers["default"]
-    await eventually(lambda: scaler.count["ready"] == 1, within=15)
-    done = asyncio.Event()
-    load = asyncio.create_task(load_until(client, f"{gw.url}/predict", 6, done))
-    await eventually(lambda: scaler.count["ready"] == 2, within=20, what="two replicas")
-    done.set()
-    assert set(await load) == {200}
+    await eventually(lambda: scaler.count["paused"] == 1, within=20, what="one held paused")
+    return gw
 
 
 @pytest.mark.timeout(90)
 async def test_a_replica_scaled_down_is_held_paused_and_woken_under_load(
     gateway, client, tmp_path: Path
 ) -> None:
-    config = sim_pool(
-        tmp_path, "--service-ms", "100", "--slots", "2", max_replicas=2, gpus=[0, 1],
-        gpus_per_replica=1, tiers={"paused_s": 60, "max_warm": 1},
-    )  # fmt: skip
-    gw = await gateway(config)
+    gw = await held_paused(gateway, client, tmp_path, 60)
     scaler = gw.autoscalers["default"]
-    await scale_out_and_back(gw, client)
-    await eventually(lambda: scaler.count["paused"] == 1, within=20, what="one held paused")
     held = next(m for m in scaler.members.values() if m.state == "paused")
     pid = next(r["pid"] for r in records(tmp_path) if r["replica_id"] == held.replica_id)
     assert process_state(pid) == "T"  # frozen
@@ -249,33 +252,13 @@ async def test_a_replica_scaled_down_is_held_paused_and_woken_under_load(
 async def test_a_held_replica_goes_after_its_time_and_gives_its_gpu_back(
     gateway, client, tmp_path: Path
 ) -> None:
-    config = sim_pool(
-        tmp_path, "--service-ms", "100", "--slots", "2", max_replicas=2, gpus=[0, 1],
-        gpus_per_replica=1, tiers={"paused_s": 1, "max_warm": 1},
-    )  # fmt: skip
-    gw = await gateway(config)
+    gw = await held_paused(gateway, client, tmp_path, 1)
     scaler = gw.autoscalers["default"]
-    await scale_out_and_back(gw, client)
-    await eventually(lambda: scaler.count["paused"] == 1, within=20, what="one held paused")
     await eventually(lambda: len(records(tmp_path)) == 1, within=10, what="the held one gone")
     assert scaler.count["paused"] == 0 and len(gw.ledger.free) == 1
 
 
-async def chat_until(client: aiohttp.ClientSession, url: str, workers: int,
-                     done: asyncio.Event) -> list[int]:  # fmt: skip
-    """``load_until`` for an LLM pool: short chat completions, one after another."""
-    payload = {"model": "llama-3-8b", "messages": [{"role": "user", "content": "hi"}],
-               "max_tokens": 4}  # fmt: skip
-    statuses: list[int] = []
-
-    async def worker() -> None:
-        while not done.is_set():
-            async with client.post(f"{url}/v1/chat/completions", json=payload) as resp:
-                await resp.read()
-                statuses.append(resp.status)
-
-    await asyncio.gather(*(worker() for _ in range(workers)))
-    return statuses
+CHAT = {"model": "llama-3-8b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
 @pytest.mark.timeout(90)
@@ -293,12 +276,7 @@ async def test_an_engine_with_a_sleep_mode_is_frozen_then_put_to_sleep_and_woken
     )  # fmt: skip
     gw = await gateway(config)
     scaler = gw.autoscalers["default"]
-    await eventually(lambda: scaler.count["ready"] == 1, within=15)
-    done = asyncio.Event()
-    load = asyncio.create_task(chat_until(client, gw.url, 8, done))
-    await eventually(lambda: scaler.count["ready"] == 2, within=20, what="two replicas")
-    done.set()
-    assert set(await load) == {200}
+    await scale_out_and_in(gw, client, "default", 20, "/v1/chat/completions", CHAT)
     await eventually(lambda: scaler.count["asleep"] == 1, within=20, what="one asleep")
     held = next(m for m in scaler.members.values() if m.state == "asleep")
     assert held.instance is not None and held.instance.url is not None
@@ -307,7 +285,8 @@ async def test_an_engine_with_a_sleep_mode_is_frozen_then_put_to_sleep_and_woken
     pid = next(r["pid"] for r in records(tmp_path) if r["replica_id"] == held.replica_id)
     assert process_state(pid) in "RS"  # thawed: a frozen engine takes no call
     done = asyncio.Event()
-    load = asyncio.create_task(chat_until(client, gw.url, 8, done))
+    chat = f"{gw.url}/v1/chat/completions"
+    load = asyncio.create_task(load_until(client, chat, 8, done, CHAT))
     await eventually(lambda: held.state == "ready", within=20, what="the asleep one woken")
     done.set()
     assert set(await load) == {200}

@@ -108,7 +108,9 @@ async def test_a_cold_pool_refuses_what_cannot_wait_for_a_start_and_starts_anywa
     await eventually(lambda: len(records(tmp_path)) == 1, within=5)  # it was demand
     scaler = gw.autoscalers["default"]
     await eventually(lambda: scaler.count["ready"] == 1, within=15)
-    kept = orjson.loads((tmp_path / "startup" / "default.json").read_bytes())["startup_s"]
+    state = tmp_path / "startup" / "default.json"
+    await eventually(state.exists, what="the start-up time written, after the readiness")
+    kept = orjson.loads(state.read_bytes())["startup_s"]
     assert len(kept) == 1 and 1.0 <= kept[0] < 10  # measured, and kept for the next run
     assert scaler.startup.expected_s == kept[0]
     assert (await post(client, gw.url, **{"X-Deadline-Ms": "1000"}))[0] == 200

@@ -24,7 +24,7 @@ from gateway.control.drivers import (
     ReplicaSpec,
 )
 from gateway.control.drivers.docker import DockerDriver
-from tests.conftest import eventually, free_port, load_until, scaled_config
+from tests.conftest import eventually, free_port, load_until, scale_out_and_in, scaled_config
 from tests.docker.conftest import REPO_ROOT
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
@@ -253,17 +253,6 @@ def states(client: Any, pool: str) -> dict[str, str]:
     return {c["Id"]: c["State"] for c in containers(client, pool, all=True)}
 
 
-async def scale_out_and_in(gw: Gateway, http: aiohttp.ClientSession, pool: str) -> None:
-    """Load until two replicas serve, then none; every request answered."""
-    scaler = gw.autoscalers[pool]
-    await eventually(lambda: scaler.count["ready"] == 1, within=30)
-    done = asyncio.Event()
-    load = asyncio.create_task(load_until(http, f"{gw.url}/predict", 6, done))
-    await eventually(lambda: scaler.count["ready"] == 2, within=40, what="two replicas")
-    done.set()
-    assert set(await load) == {200}
-
-
 async def test_a_replica_scaled_down_is_paused_then_stopped_then_woken_under_load(
     pool, gateway, client, http, image
 ) -> None:
@@ -276,7 +265,7 @@ async def test_a_replica_scaled_down_is_paused_then_stopped_then_woken_under_loa
     )  # fmt: skip
     gw = await gateway(config)
     scaler = gw.autoscalers[pool]
-    await scale_out_and_in(gw, http, pool)
+    await scale_out_and_in(gw, http, pool, 40)
     await eventually(lambda: "paused" in states(client, pool).values(), within=30)
     held = next(cid for cid, state in states(client, pool).items() if state == "paused")
     await eventually(lambda: states(client, pool).get(held) == "exited", within=20)
@@ -303,7 +292,7 @@ async def test_a_paused_replica_wakes_in_milliseconds(pool, gateway, client, htt
     )  # fmt: skip
     gw = await gateway(config)
     scaler = gw.autoscalers[pool]
-    await scale_out_and_in(gw, http, pool)
+    await scale_out_and_in(gw, http, pool, 40)
     await eventually(lambda: scaler.count["paused"] == 1, within=30)
     held = next(cid for cid, state in states(client, pool).items() if state == "paused")
     done = asyncio.Event()
